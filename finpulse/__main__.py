@@ -1,0 +1,3 @@
+from finpulse.cli import run_main
+
+run_main()

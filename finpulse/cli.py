@@ -1,0 +1,93 @@
+"""The ``finpulse`` command.
+
+Subcommand groups live with the code they drive (``stack``, ``model``, ``ingest`` ...) and
+are registered as entry points in the ``finpulse.commands`` group of pyproject.toml. They
+are imported only when invoked, so ``finpulse --help`` stays fast and this shared package
+never imports the packages that depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from finpulse.settings import env_table, get_settings
+
+COMMAND_GROUP = "finpulse.commands"
+
+
+def _plugins() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = _plugins().get(name)
+        return ep.load() if ep is not None else None  # type: ignore[attr-defined]
+
+
+def setup_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or get_settings().log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="Override FINPULSE_LOG_LEVEL (DEBUG, INFO, WARNING...).")
+def main(log_level: str | None) -> None:
+    """finpulse: streaming sentiment monitor for financial news and comments."""
+    setup_logging(log_level)
+
+
+@main.command("config")
+def config_command() -> None:
+    """Print every setting, its environment variable and its current value (secrets masked)."""
+    settings = get_settings()
+    for var, default, _ in env_table():
+        value = getattr(settings, var.removeprefix("FINPULSE_").lower())
+        click.echo(f"{var:32} {value if value is not None else '(unset)'}")
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema: apply and inspect migrations."""
+
+
+@db_group.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations from sql/ (idempotent)."""
+    from finpulse import db
+
+    applied = db.migrate(db.engine())
+    current = db.current_version(db.engine())
+    if applied:
+        click.echo(f"applied {', '.join(applied)}; schema at version {current}")
+    else:
+        click.echo(f"schema up to date at version {current}")
+
+
+@db_group.command("status")
+def db_status() -> None:
+    """Show applied and pending migrations."""
+    from finpulse import db
+
+    eng = db.engine()
+    applied = set(db.applied_versions(eng))
+    for migration in db.discover():
+        mark = "applied" if migration.version in applied else "pending"
+        click.echo(f"{migration.version:>4}  {mark:8} {migration.name}")
+
+
+def run_main() -> None:  # pragma: no cover - thin wrapper for `python -m finpulse`
+    main(prog_name="finpulse")
