@@ -32,7 +32,20 @@ class _LazyGroup(click.Group):
         if command is not None:
             return command
         ep = _plugins().get(name)
-        return ep.load() if ep is not None else None  # type: ignore[attr-defined]
+        if ep is None:
+            return None
+        try:
+            return ep.load()  # type: ignore[attr-defined]
+        except ImportError as exc:
+            # A broken optional component must not take the whole CLI (and `stack down`) with it.
+            return _unavailable(name, exc)
+
+
+def _unavailable(name: str, exc: ImportError) -> click.Command:
+    def fail() -> None:
+        raise click.ClickException(f"`finpulse {name}` cannot load: {exc}")
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {exc})")
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -41,6 +54,8 @@ def setup_logging(level: str | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # kafka-python logs every connection at INFO; an operator needs its warnings only.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

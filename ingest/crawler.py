@@ -1,0 +1,269 @@
+"""The crawler: polls sources on their own schedules, dedups, publishes, remembers.
+
+Delivery guarantee: **at least once**; consumers must be idempotent (by ``Document.id``).
+Order of events per poll: fetch -> normalise/validate -> dedup -> publish -> broker ack ->
+mark seen (+ store HTTP validators). A crash anywhere before the last step republishes on
+the next run rather than losing a story.
+
+Sources are fetched concurrently in a small thread pool (I/O bound; a hanging host only ties
+up its own worker), while dedup, publishing and the seen-store updates happen on the calling
+thread, one poll at a time, so dedup decisions are never racy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finpulse.contract import Document
+from finpulse.settings import Settings
+from ingest.config import CrawlerConfig
+from ingest.dedup import Deduplicator, Verdict
+from ingest.errors import IngestError
+from ingest.http import PoliteClient
+from ingest.metrics import IngestMetrics
+from ingest.producer import KafkaSink, Sink
+from ingest.sources.base import Skipped, Source, source_from_config
+from ingest.store import SeenStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollOutcome:
+    """What one poll of one source produced (built on a worker thread)."""
+
+    source: Source
+    items: list[Document | Skipped] = field(default_factory=list)
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PollSummary:
+    source: str
+    fetched: int = 0
+    published: int = 0
+    duplicate: int = 0
+    near_duplicate: int = 0
+    failed: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    documents: list[Document] = field(default_factory=list)
+
+    def line(self) -> str:
+        tail = f" error={self.error}" if self.error else ""
+        return (
+            f"poll source={self.source} fetched={self.fetched} published={self.published} "
+            f"duplicate={self.duplicate} near_duplicate={self.near_duplicate} failed={self.failed} "
+            f"took={self.seconds:.2f}s{tail}"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or type(exc).__name__
+
+
+class Crawler:
+    """Polls every enabled source of a :class:`CrawlerConfig` into a :class:`Sink`.
+
+    Delivery: at least once; consumers must be idempotent.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: CrawlerConfig,
+        sink: Sink,
+        store: SeenStore,
+        metrics: IngestMetrics | None = None,
+        client: PoliteClient | None = None,
+    ):
+        self.config = config
+        self.sink = sink
+        self.store = store
+        self.metrics = metrics or IngestMetrics()
+        self.client = client or PoliteClient(options=config.http.options())
+        self.sources: list[Source] = [
+            source_from_config(s, client=self.client, store=store) for s in config.sources if s.enabled
+        ]
+        self.dedup = Deduplicator(store, **config.dedup.model_dump())
+        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ingest-poll")
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_settings(
+        cls,
+        config: CrawlerConfig,
+        *,
+        settings: Settings,
+        topic: str | None = None,
+        state_dir: Path | None = None,
+        metrics: IngestMetrics | None = None,
+        **sink_options,
+    ) -> Crawler:
+        """A crawler publishing to Kafka, with its seen-store under ``settings.home/ingest``."""
+        store = SeenStore(Path(state_dir) / "seen.sqlite3") if state_dir else SeenStore.for_home(settings.home)
+        sink = KafkaSink(settings=settings, topic=topic, **sink_options)
+        return cls(config=config, sink=sink, store=store, metrics=metrics)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the poll in hand is published (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Flush and close the sink, the HTTP client and the store. Worker threads are not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.sink.close()
+        finally:
+            self.client.close()
+            self.store.close()
+
+    def __enter__(self) -> Crawler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- polling --------------------------------------------------------------------------
+    @staticmethod
+    def _poll(source: Source) -> PollOutcome:
+        outcome = PollOutcome(source)
+        started = time.monotonic()
+        try:
+            # Iterate by hand: items yielded before a failure (say page 3 of 5) are kept.
+            for item in source.poll():
+                outcome.items.append(item)
+        except BaseException as exc:  # noqa: BLE001 - reported per source, never fatal
+            outcome.error = exc
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def run_once(self, sources: Iterable[Source] | None = None) -> list[PollSummary]:
+        """Poll the given (default: all) sources once, concurrently; publish; return a summary each."""
+        futures = [self._pool.submit(self._poll, s) for s in (sources if sources is not None else self.sources)]
+        return [self.process(f.result()) for f in futures]
+
+    def run(self, *, once: bool = False) -> None:
+        """Poll each source every ``interval`` seconds until :meth:`stop` (or one round with ``once``)."""
+        if once:
+            self.run_once()
+            return
+        next_due = {s.name: 0.0 for s in self.sources}
+        running: dict[Future, Source] = {}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            busy = {s.name for s in running.values()}
+            for source in self.sources:
+                # A source still busy with its last poll (a slow host) is not polled twice.
+                if source.name not in busy and next_due[source.name] <= now:
+                    running[self._pool.submit(self._poll, source)] = source
+                    next_due[source.name] = now + source.interval
+            idle = [next_due[s.name] - now for s in self.sources if s.name not in {x.name for x in running.values()}]
+            timeout = max(0.05, min(idle, default=1.0))
+            done, _ = wait(list(running), timeout=min(timeout, 1.0), return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                self.process(future.result())
+        # Publish what is already fetched; polls still in flight are abandoned (nothing was
+        # marked seen for them, so the next run fetches them again).
+        for future in [f for f in running if f.done()]:
+            self.process(future.result())
+
+    # -- dedup + publish --------------------------------------------------------------------
+    def process(self, outcome: PollOutcome) -> PollSummary:
+        source = outcome.source
+        name = source.name
+        m = self.metrics
+        summary = PollSummary(source=name, seconds=outcome.seconds)
+        candidates: list[Document] = []
+        for item in outcome.items:
+            summary.fetched += 1
+            if isinstance(item, Skipped):
+                if item.duplicate:
+                    summary.duplicate += 1
+                    m.duplicate.labels(name).inc()
+                else:
+                    summary.failed += 1
+                    m.failed.labels(name, item.reason).inc()
+                    log.warning("source=%s skipped item: %s: %s", name, item.reason, item.detail[:300])
+            else:
+                candidates.append(item)
+        m.fetched.labels(name).inc(summary.fetched)
+
+        batch: list[tuple[Document, Verdict]] = []
+        for doc in candidates:
+            verdict = self.dedup.check(doc)
+            if verdict.duplicate:
+                summary.duplicate += 1
+                m.duplicate.labels(name).inc()
+                log.debug("source=%s duplicate (%s) %s", name, verdict.duplicate, doc.id)
+                continue
+            extra = dict(doc.extra)
+            extra["novelty"] = verdict.novelty
+            extra["first_story_id"] = verdict.first_story_id or doc.id
+            extra["content_hash"] = verdict.content_hash
+            if verdict.similarity is not None:
+                extra["similarity"] = verdict.similarity
+            doc = doc.model_copy(update={"extra": extra})
+            self.dedup.reserve(doc, verdict)
+            batch.append((doc, verdict))
+
+        delivery_failed = False
+        if batch:
+            try:
+                result = self.sink.publish([doc for doc, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the sink itself broke; nothing is marked seen
+                result = None
+                error = exc
+            by_id = {doc.id: (doc, v) for doc, v in batch}
+            if result is None:
+                acked_pairs, failed_pairs = [], list(batch)
+                failures = [(doc, error) for doc, _ in batch]
+            else:
+                acked_pairs = [by_id[d.id] for d in result.acked if d.id in by_id]
+                failed_ids = {d.id for d, _ in result.failed}
+                failed_pairs = [by_id[i] for i in failed_ids]
+                failures = result.failed
+            if acked_pairs:
+                self.dedup.confirm(acked_pairs)
+            if failed_pairs:
+                delivery_failed = True
+                self.dedup.release(failed_pairs)
+                summary.failed += len(failed_pairs)
+                m.failed.labels(name, "publish").inc(len(failed_pairs))
+                log.error("source=%s %d document(s) not delivered, will retry next poll: %s",
+                          name, len(failed_pairs), failures[0][1])
+            for doc, verdict in acked_pairs:
+                summary.published += 1
+                summary.documents.append(doc)
+                m.published.labels(name).inc()
+                if not verdict.novelty:
+                    summary.near_duplicate += 1
+                    m.near_duplicate.labels(name).inc()
+
+        if outcome.error is not None:
+            reason = _reason(outcome.error)
+            summary.failed += 1
+            summary.error = f"{reason}: {outcome.error}"[:300]
+            m.failed.labels(name, reason).inc()
+            level = logging.WARNING if isinstance(outcome.error, IngestError) else logging.ERROR
+            log.log(level, "source=%s poll failed: %s", name, summary.error,
+                    exc_info=not isinstance(outcome.error, IngestError))
+        if outcome.error is None and not delivery_failed:
+            source.commit()
+        else:
+            source.rollback()
+        log.info(summary.line())
+        return summary

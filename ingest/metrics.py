@@ -1,0 +1,38 @@
+"""Prometheus counters of the crawler, labelled by source.
+
+Each :class:`IngestMetrics` has its own ``CollectorRegistry`` (not the global default), so a
+process -- or a test -- can create many crawlers without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+EVENTS = ("fetched", "published", "duplicate", "near_duplicate", "failed")
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.fetched = Counter("finpulse_ingest_fetched", "Raw items fetched from a source.", ["source"], registry=self.registry)
+        self.published = Counter("finpulse_ingest_published", "Documents acked by the broker.", ["source"], registry=self.registry)
+        self.duplicate = Counter("finpulse_ingest_duplicate", "Exact duplicates not republished.", ["source"], registry=self.registry)
+        self.near_duplicate = Counter(
+            "finpulse_ingest_near_duplicate", "Near-duplicates published with novelty=false.", ["source"], registry=self.registry
+        )
+        self.failed = Counter(
+            "finpulse_ingest_failed", "Items or polls that failed (reason label).", ["source", "reason"], registry=self.registry
+        )
+
+    def value(self, event: str, source: str) -> float:
+        """Current value of a counter for a source (failed: summed over reasons)."""
+        total = 0.0
+        for metric in getattr(self, event).collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("source") == source:
+                    total += sample.value
+        return total
+
+    def serve(self, port: int, addr: str = "127.0.0.1"):
+        """Expose /metrics over HTTP on ``addr:port`` (background thread)."""
+        return start_http_server(port, addr=addr, registry=self.registry)

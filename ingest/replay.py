@@ -1,0 +1,351 @@
+"""Replay a recorded stream (CSV or JSONL) into the documents topic in event-time order.
+
+Used by the demo, tests and backfills. Rows are mapped to documents by a column mapping,
+sorted by their timestamp (stable, so equal times keep file order), optionally shifted so the
+last (or first) event is "now", and published as fast as possible, at ``rate`` documents per
+second, or at ``speedup`` times the recorded pace.
+
+Delivery: at least once (failed sends are retried; the run fails loudly if they keep failing).
+Ids are stable across runs (``source:id-column`` or a hash of time and text), so replaying the
+same file twice produces the same ids and idempotent consumers see no duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any, Literal
+
+from finpulse.contract import ContractError, Document
+from ingest.document import build_document, get_path
+from ingest.errors import ConfigError, PublishError
+from ingest.normalize import native_id, parse_datetime, utcnow
+from ingest.producer import Sink
+
+log = logging.getLogger(__name__)
+
+_TIME_GUESSES = ("created_at", "published_at", "timestamp", "time", "date", "datetime")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column holds what (dotted paths for JSONL)."""
+
+    text: str = "text"
+    time: str | None = None  # None: guess (created_at, timestamp, ... or a column containing "created")
+    id: str | None = None
+    ticker: str | None = None
+    title: str | None = None
+    author: str | None = None
+    url: str | None = None
+
+
+@dataclass
+class ReplayStats:
+    rows: int = 0
+    published: int = 0
+    invalid: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    time_column: str | None = None
+    shift: timedelta | None = None
+    first_event: datetime | None = None
+    last_event: datetime | None = None
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.invalid.values())
+
+    @property
+    def rate(self) -> float:
+        return self.published / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{k}={v}" for k, v in self.invalid.most_common()) or "none"
+        return (
+            f"replayed {self.published} of {self.rows} rows in {self.seconds:.2f}s ({self.rate:,.0f} docs/s); "
+            f"rejected {self.rejected} ({reasons})"
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row with its parsed event time, before it becomes a document."""
+
+    at: datetime
+    row: dict[str, Any]
+    index: int
+
+
+def read_rows(path: Path | str, *, fmt: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV (header line) or JSONL file as dicts. Undecodable bytes are replaced, not fatal."""
+    path = Path(path)
+    fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv")
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
+        if fmt == "csv":
+            csv.field_size_limit(10 * 1024 * 1024)
+            yield from csv.DictReader(fh)
+        elif fmt == "jsonl":
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield {"__invalid__": f"line {lineno}: malformed JSON ({exc.msg})"}
+                    continue
+                yield value if isinstance(value, dict) else {"__invalid__": f"line {lineno}: not an object"}
+        else:
+            raise ConfigError(f"unknown replay format {fmt!r} (csv or jsonl)")
+
+
+def _value(row: dict[str, Any], column: str | None) -> Any:
+    if column is None:
+        return None
+    if column in row:
+        value = row[column]
+    else:
+        value = get_path(row, column)
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def guess_time_column(names: Iterable[str]) -> str | None:
+    names = list(names)
+    for guess in _TIME_GUESSES:
+        if guess in names:
+            return guess
+    for name in names:
+        lowered = name.lower()
+        if "created" in lowered or "time" in lowered or "date" in lowered:
+            return name
+    return None
+
+
+def load_events(
+    rows: Iterable[dict[str, Any]],
+    *,
+    columns: Columns,
+    tz: tzinfo = timezone.utc,
+    missing_time: Literal["skip", "now"] = "skip",
+    stats: ReplayStats,
+) -> list[Event]:
+    """Parse each row's time and return the events sorted by it (stable: ties keep file order)."""
+    events: list[Event] = []
+    time_column = columns.time
+    now = utcnow()
+    for index, row in enumerate(rows):
+        stats.rows += 1
+        if "__invalid__" in row:
+            stats.invalid["malformed_row"] += 1
+            log.debug("skipping %s", row["__invalid__"])
+            continue
+        if time_column is None:
+            time_column = guess_time_column(row.keys())
+            if time_column is None:
+                raise ConfigError(f"no time column found among {sorted(row)[:20]}; pass --time-column")
+            if columns.text not in row and get_path(row, columns.text) is None:
+                raise ConfigError(f"text column {columns.text!r} not found among {sorted(row)[:20]}")
+        raw = _value(row, time_column)
+        at = parse_datetime(raw, default_tz=tz) if raw is not None else None
+        if at is None:
+            if missing_time == "skip":
+                stats.invalid["no_time" if raw is None else "bad_time"] += 1
+                continue
+            at = now  # "now": treated as arriving live, i.e. after every recorded event
+            row = dict(row, __missing_time__=True)
+        events.append(Event(at, row, index))
+    stats.time_column = time_column
+    events.sort(key=lambda e: e.at)  # list.sort is stable
+    if events:
+        stats.first_event, stats.last_event = events[0].at, events[-1].at
+    return events
+
+
+def shift_for(events: list[Event], *, anchor: Literal["last", "first"] = "last", now: datetime | None = None) -> timedelta:
+    """The offset that moves the last (or first) event to ``now``."""
+    if not events:
+        return timedelta(0)
+    now = now or utcnow()
+    reference = events[-1].at if anchor == "last" else events[0].at
+    return now - reference
+
+
+def row_id(source: str, row: dict[str, Any], columns: Columns, at_raw: Any, text: Any) -> str:
+    native = _value(row, columns.id)
+    if native is not None:
+        return native_id(source, native)
+    # No id column: a stable hash of what identifies the row, so a re-run yields the same ids.
+    digest = hashlib.sha256(f"{at_raw}\x1f{text}".encode("utf-8", errors="replace")).hexdigest()[:32]
+    return f"{source}:{digest}"
+
+
+def to_document(
+    event: Event,
+    *,
+    source: str,
+    kind: str,
+    columns: Columns,
+    time_column: str | None,
+    shift: timedelta | None,
+    lang: str | None,
+    detect_lang: bool,
+    fetched_at: datetime,
+) -> Document:
+    row = event.row
+    text = _value(row, columns.text)
+    at_raw = _value(row, time_column)
+    published = event.at + shift if shift is not None else event.at
+    extra: dict[str, Any] = {"replay": True}
+    if shift is not None:
+        extra["published_at_original"] = event.at.isoformat()
+    if row.get("__missing_time__"):
+        extra["published_at_missing"] = True
+    tickers = _value(row, columns.ticker)
+    if isinstance(tickers, list):
+        tickers = [str(t) for t in tickers]
+    url = _value(row, columns.url)
+    from ingest.normalize import canonical_url
+
+    return build_document(
+        id=row_id(source, row, columns, at_raw, text),
+        source=source,
+        kind=kind,
+        fetched_at=fetched_at,
+        url=canonical_url(str(url)) if url is not None else None,
+        title=_str(_value(row, columns.title)),
+        text=_str(text),
+        html=True,
+        author=_str(_value(row, columns.author)),
+        published_raw=published,
+        tickers=tickers or (),
+        lang=lang,
+        detect_lang=detect_lang,
+        clamp_future=False,  # shifted or recorded times are what they are
+        extra=extra | ({"published_at_raw": str(at_raw)} if at_raw is not None else {}),
+    )
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class Pacer:
+    """Sleeps so the i-th document goes out on schedule: fixed rate or recorded gaps / speedup."""
+
+    def __init__(self, *, rate: float | None = None, speedup: float | None = None, first_event: datetime | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        if rate is not None and speedup is not None:
+            raise ConfigError("give --rate or --speedup, not both")
+        if (rate is not None and rate <= 0) or (speedup is not None and speedup <= 0):
+            raise ConfigError("--rate and --speedup must be positive")
+        self.rate, self.speedup, self.first_event = rate, speedup, first_event
+        self.clock, self.sleep = clock, sleep
+        self.start: float | None = None
+
+    def due(self, index: int, at: datetime) -> float:
+        """Seconds after the start at which document ``index`` (event time ``at``) is due."""
+        if self.rate is not None:
+            return index / self.rate
+        if self.speedup is not None and self.first_event is not None:
+            return max(0.0, (at - self.first_event).total_seconds() / self.speedup)
+        return 0.0
+
+    def wait(self, index: int, at: datetime) -> float:
+        if self.rate is None and self.speedup is None:
+            return 0.0
+        if self.start is None:
+            self.start = self.clock()
+        delay = self.start + self.due(index, at) - self.clock()
+        if delay > 0.001:  # below a millisecond the sleep overhead is larger than the error
+            self.sleep(delay)
+            return delay
+        return 0.0
+
+
+def replay(
+    path: Path | str,
+    *,
+    sink: Sink,
+    source: str,
+    kind: Literal["news", "comment"] = "comment",
+    columns: Columns = Columns(),
+    fmt: str | None = None,
+    tz: tzinfo = timezone.utc,
+    rate: float | None = None,
+    speedup: float | None = None,
+    shift_to_now: bool = False,
+    anchor: Literal["last", "first"] = "last",
+    lang: str | None = None,
+    detect_lang: bool = True,
+    missing_time: Literal["skip", "now"] = "skip",
+    limit: int | None = None,
+    chunk: int = 20_000,
+    progress: bool | None = None,
+) -> ReplayStats:
+    """Publish the rows of ``path`` in event-time order; return counts. Raises PublishError if delivery fails."""
+    stats = ReplayStats()
+    started = time.perf_counter()
+    rows = read_rows(path, fmt=fmt)
+    if limit is not None:
+        import itertools
+
+        rows = itertools.islice(rows, limit)
+    events = load_events(rows, columns=columns, tz=tz, missing_time=missing_time, stats=stats)
+    shift = shift_for(events, anchor=anchor) if shift_to_now else None
+    stats.shift = shift
+    pacer = Pacer(rate=rate, speedup=speedup, first_event=events[0].at if events else None)
+    examples: dict[str, str] = {}
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(events), unit="doc", desc=f"replay {source}", file=sys.stderr,
+               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    sent: list[Document] = []
+    try:
+        for i, event in enumerate(events):
+            pacer.wait(i, event.at)
+            try:
+                doc = to_document(event, source=source, kind=kind, columns=columns, time_column=stats.time_column,
+                                  shift=shift, lang=lang, detect_lang=detect_lang, fetched_at=utcnow())
+            except ContractError as exc:
+                reason = "contract:" + ",".join(sorted({f for f, _ in exc.problems}))
+                stats.invalid[reason] += 1
+                examples.setdefault(reason, f"row {event.index + 1}: {exc}")
+                continue
+            sink.send(doc)
+            sent.append(doc)
+            if len(sent) >= chunk:
+                stats.published += _settle(sink, sent)
+                sent = []
+            bar.update(1)
+        stats.published += _settle(sink, sent)
+    finally:
+        bar.close()
+        stats.seconds = time.perf_counter() - started
+    for reason, example in examples.items():
+        log.warning("rejected rows (%s), e.g. %s", reason, example[:300])
+    return stats
+
+
+def _settle(sink: Sink, sent: list[Document]) -> int:
+    """Wait for the outstanding sends; resend failures; raise if any is still not delivered."""
+    result = sink.drain()
+    acked = len(result.acked)
+    if result.failed:
+        retry = sink.publish([doc for doc, _ in result.failed])
+        acked += len(retry.acked)
+        if retry.failed:
+            raise PublishError(
+                f"{len(retry.failed)} document(s) not delivered after retries: {retry.failed[0][1]}"
+            )
+    return acked

@@ -1,0 +1,114 @@
+"""The :class:`Source` interface.
+
+A source knows how to fetch and map one origin; it does not dedup, publish or count. Its
+:meth:`Source.poll` yields, per raw item, either a validated :class:`Document` or a
+:class:`Skipped` saying why not. The crawler does the rest, so delivery semantics live in one
+place: **at least once** -- a document is remembered as seen only after the broker acked it,
+so consumers must be idempotent (keyed by ``Document.id``).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from finpulse.contract import ContractError, Document
+from ingest.document import build_document
+from ingest.http import FetchResult, PoliteClient
+from ingest.normalize import resolve_timezone, utcnow
+from ingest.store import SeenStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item that will not be published. ``duplicate`` ones are counted apart from failures."""
+
+    source: str
+    reason: str
+    detail: str = ""
+    duplicate: bool = False
+
+
+class Source(ABC):
+    """Base class: configuration, shared client and store, staged conditional-GET validators."""
+
+    def __init__(self, *, config, client: PoliteClient, store: SeenStore):
+        self.config = config
+        self.name: str = config.name
+        self.kind: str = config.kind
+        self.interval: float = config.interval
+        self.client = client
+        self.store = store
+        self.tz = resolve_timezone(config.timezone)
+        self._staged: dict[str, tuple[str | None, str | None]] = {}
+        if config.rate_limit:
+            from urllib.parse import urlsplit
+
+            client.set_host_rate(urlsplit(config.url).netloc.lower(), config.rate_limit)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, url={self.config.url!r})"
+
+    @abstractmethod
+    def poll(self) -> Iterator[Document | Skipped]:
+        """Fetch once and yield one outcome per raw item. May raise an IngestError for the whole poll."""
+
+    # -- conditional GET ------------------------------------------------------------------
+    def fetch_conditional(self, url: str, **kwargs) -> FetchResult:
+        """GET with the validators stored for ``url``; new validators are staged, not stored.
+
+        They are stored by :meth:`commit` only once every document of this poll was acked:
+        storing them earlier would let a 304 hide items whose delivery failed.
+        """
+        etag, last_modified = self.store.validators(url)
+        result = self.client.get(url, etag=etag, last_modified=last_modified, **kwargs)
+        if not result.not_modified and (result.etag or result.last_modified):
+            self._staged[url] = (result.etag, result.last_modified)
+        return result
+
+    def commit(self) -> None:
+        for url, (etag, last_modified) in self._staged.items():
+            self.store.set_validators(url, etag, last_modified)
+        self._staged.clear()
+
+    def rollback(self) -> None:
+        self._staged.clear()
+
+    # -- helpers --------------------------------------------------------------------------
+    def skipped(self, reason: str, detail: str = "", *, duplicate: bool = False) -> Skipped:
+        return Skipped(self.name, reason, detail, duplicate)
+
+    def document(self, *, fetched_at: datetime | None = None, **fields: Any) -> Document | Skipped:
+        """Build a document with this source's defaults; a contract failure becomes a Skipped."""
+        item_tickers = fields.pop("tickers", None) or []
+        if isinstance(item_tickers, str):
+            item_tickers = [item_tickers]
+        try:
+            return build_document(
+                source=self.name,
+                kind=self.kind,
+                fetched_at=fetched_at or utcnow(),
+                tz=self.tz,
+                lang=self.config.lang,
+                tickers=list(self.config.tickers) + list(item_tickers),
+                **fields,
+            )
+        except ContractError as exc:
+            return self.skipped("contract", str(exc))
+
+
+def source_from_config(config, *, client: PoliteClient, store: SeenStore) -> Source:
+    from ingest.sources.jsonapi import JsonApiSource
+    from ingest.sources.rss import RssSource
+
+    if config.type in ("rss", "atom", "feed"):
+        return RssSource(config=config, client=client, store=store)
+    if config.type == "json":
+        return JsonApiSource(config=config, client=client, store=store)
+    raise ValueError(f"unknown source type {config.type!r}")

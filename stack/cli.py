@@ -1,0 +1,53 @@
+"""`finpulse stack up | down | status`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from stack import LocalStack, StackError
+
+
+@click.group("stack")
+def cli() -> None:
+    """The local stack: Kafka broker (KRaft), Postgres and Spark's Kafka jars under FINPULSE_HOME."""
+
+
+def _fail(exc: StackError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+@cli.command()
+def up() -> None:
+    """Start every embedded component (idempotent) and wait until each answers."""
+    started = time.monotonic()
+    try:
+        statuses = LocalStack().up()
+    except StackError as exc:
+        _fail(exc)
+    for status in statuses:
+        click.echo(status.line())
+    click.echo(f"stack up in {time.monotonic() - started:.1f}s")
+
+
+@cli.command()
+@click.option("--purge", is_flag=True, help="Also delete Kafka and Postgres data under FINPULSE_HOME.")
+def down(purge: bool) -> None:
+    """Stop the embedded components; data is kept unless --purge."""
+    try:
+        LocalStack().down(purge=purge)
+    except StackError as exc:
+        _fail(exc)
+    click.echo("stack down" + (" (data purged)" if purge else ""))
+
+
+@cli.command()
+def status() -> None:
+    """Print each component, its address, pid and health; exit 1 if any is down."""
+    statuses = LocalStack().status()
+    for s in statuses:
+        click.echo(s.line())
+    sys.exit(0 if all(s.healthy for s in statuses) else 1)
