@@ -92,6 +92,16 @@ def db_migrate() -> None:
         click.echo(f"schema up to date at version {current}")
 
 
+@db_group.command("url")
+@click.option("--show-password", is_flag=True, help="Print the password too (for psql or a BI tool).")
+def db_url(show_password: bool) -> None:
+    """Print the database URL in libpq form: psql "$(finpulse db url --show-password)"."""
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(get_settings().sqlalchemy_url().get_secret_value()).set(drivername="postgresql")
+    click.echo(url.render_as_string(hide_password=not show_password))
+
+
 @db_group.command("status")
 def db_status() -> None:
     """Show applied and pending migrations."""

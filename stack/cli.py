@@ -51,3 +51,30 @@ def status() -> None:
     for s in statuses:
         click.echo(s.line())
     sys.exit(0 if all(s.healthy for s in statuses) else 1)
+
+
+@click.command("run")
+def run() -> None:
+    """Start the local stack, migrate the schema, create the topics, then run the main job."""
+    from finpulse import db
+    from finpulse.kafka import ensure_topics
+    from finpulse.settings import get_settings
+
+    settings = get_settings()
+    try:
+        statuses = LocalStack(settings).up()
+    except StackError as exc:
+        _fail(exc)
+    for status in statuses:
+        click.echo(status.line())
+    applied = db.migrate(db.engine(settings))
+    click.echo(f"schema at version {db.current_version(db.engine(settings))}"
+               + (f" (applied {', '.join(applied)})" if applied else ""))
+    created = ensure_topics([settings.topic_documents, settings.topic_dead_letters], settings=settings)
+    click.echo(f"topics ready: {settings.topic_documents}, {settings.topic_dead_letters}"
+               + (f" (created {', '.join(created)})" if created else ""))
+    click.echo(
+        "The stack keeps running in the background; `make stop` (finpulse stack down) stops it.\n"
+        f"  kcat -b {settings.bootstrap_servers[0]} -L\n"
+        "  psql \"$(.venv/bin/finpulse db url --show-password)\""
+    )

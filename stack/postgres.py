@@ -73,11 +73,12 @@ class EmbeddedPostgres(Component):
 
     @property
     def data_dir(self) -> Path:
-        return self.cluster / "data"
+        # The real path: when the cluster lives in the postgres home, HOME may be closed to that user.
+        return self.cluster.resolve() / "data"
 
     @property
     def log_file(self) -> Path:
-        return self.cluster / "postgres.log"
+        return self.cluster.resolve() / "postgres.log"
 
     @property
     def address(self) -> str:
@@ -178,7 +179,7 @@ class EmbeddedPostgres(Component):
 
     def _initdb(self) -> None:
         password = secrets.token_urlsafe(24)
-        pwfile = self.cluster / ".initdb-password"
+        pwfile = self.cluster.resolve() / ".initdb-password"
         pwfile.write_text(password + "\n")
         pwfile.chmod(0o600)
         self._chown(pwfile)

@@ -50,11 +50,14 @@ def stack(settings):
     from stack import LocalStack
 
     local = LocalStack(settings)
-    local.down(purge=True)  # every test session starts from empty storage
+    # Reuse a test stack another pytest run already started (and leave it to that run to stop);
+    # tests never depend on the stack being empty: they use fresh topics, ids and databases.
+    already_running = all(s.healthy for s in local.status() if s.name in ("kafka", "postgres"))
     local.up()
     db.migrate(db.engine(settings))
     yield settings
-    local.down()
+    if not already_running:
+        local.down()
 
 
 @pytest.fixture
