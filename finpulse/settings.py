@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor for topics finpulse creates.")
 
     model_dir: Path | None = Field(None, description="Model to score with; unset = the shipped model.")
-    spark_master: str = Field("local[2]", description="Spark master URL for the pipeline.")
     log_level: str = Field("INFO", description="Python log level.")
 
     @field_validator("home", "cache_dir")

@@ -78,3 +78,15 @@ def run() -> None:
         f"  kcat -b {settings.bootstrap_servers[0]} -L\n"
         "  psql \"$(.venv/bin/finpulse db url --show-password)\""
     )
+
+
+@cli.command()
+@click.option("--sep", default=",", show_default=True, help="Separator (',' for spark-submit --jars).")
+def jars(sep: str) -> None:
+    """Print Spark's Kafka connector jars for `spark-submit --jars` (resolved with Maven if needed)."""
+    from stack import spark_jars
+
+    try:
+        click.echo(sep.join(spark_jars()))
+    except StackError as exc:
+        _fail(exc)
