@@ -16,13 +16,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Two checkouts can run their suites side by side by moving the test ports.
+TEST_KAFKA_PORT = int(os.environ.get("FINPULSE_TEST_KAFKA_PORT", "29092"))
+TEST_POSTGRES_PORT = int(os.environ.get("FINPULSE_TEST_POSTGRES_PORT", "54339"))
+
 # Set before any finpulse import reads the environment; a session-wide, test-only stack.
 TEST_ENV = {
     "FINPULSE_HOME": str(REPO / "var" / "test-stack"),
     "FINPULSE_CACHE_DIR": str(REPO / "var" / "cache"),
-    "FINPULSE_KAFKA_PORT": "29092",
-    "FINPULSE_KAFKA_CONTROLLER_PORT": "29093",
-    "FINPULSE_POSTGRES_PORT": "54339",
+    "FINPULSE_KAFKA_PORT": str(TEST_KAFKA_PORT),
+    "FINPULSE_KAFKA_CONTROLLER_PORT": str(TEST_KAFKA_PORT + 1),
+    "FINPULSE_POSTGRES_PORT": str(TEST_POSTGRES_PORT),
 }
 for _key in ("FINPULSE_DATABASE_URL", "FINPULSE_KAFKA_BOOTSTRAP"):
     os.environ.pop(_key, None)

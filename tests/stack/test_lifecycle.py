@@ -14,6 +14,7 @@ from finpulse import db
 from finpulse.kafka import admin, ensure_topics
 from finpulse.settings import Settings
 from stack import LocalStack, StackError
+from tests.conftest import TEST_KAFKA_PORT, TEST_POSTGRES_PORT
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def own_settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("lifecycle")
-    return Settings(home=home, kafka_port=39192, kafka_controller_port=39193, postgres_port=54359)
+    return Settings(home=home, kafka_port=TEST_KAFKA_PORT + 100, kafka_controller_port=TEST_KAFKA_PORT + 101,
+                    postgres_port=TEST_POSTGRES_PORT + 20)
 
 
 def _topics(settings):
@@ -104,7 +106,6 @@ def test_unreachable_external_urls(own_settings):
 
 def test_missing_java_and_maven_say_what_to_install(own_settings, tmp_path):
     env = {**os.environ, "PATH": str(tmp_path), "FINPULSE_HOME": str(own_settings.home),
-           "FINPULSE_KAFKA_PORT": "39192", "FINPULSE_KAFKA_CONTROLLER_PORT": "39193",
            "FINPULSE_DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x"}
     code = "from stack.base import require_java; require_java()"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
