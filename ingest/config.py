@@ -71,6 +71,9 @@ class DedupConfig(_Model):
     min_words: int = Field(8, ge=1, description="Shorter texts are never near-duplicates.")
     window_days: float = Field(7.0, gt=0)
     max_items: int = Field(50_000, ge=1)
+    content_dedup_min_chars: int = Field(
+        40, ge=1, description="News shorter than this (normalised) is never an exact content duplicate."
+    )
 
 
 class _SourceBase(_Model):

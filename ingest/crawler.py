@@ -170,16 +170,33 @@ class Crawler:
                 if source.name not in busy and next_due[source.name] <= now:
                     running[self._pool.submit(self._poll, source)] = source
                     next_due[source.name] = now + source.interval
-            idle = [next_due[s.name] - now for s in self.sources if s.name not in {x.name for x in running.values()}]
-            timeout = max(0.05, min(idle, default=1.0))
-            done, _ = wait(list(running), timeout=min(timeout, 1.0), return_when=FIRST_COMPLETED)
+                    busy.add(source.name)
+            idle = [next_due[s.name] - now for s in self.sources if s.name not in busy]
+            # Wake for the next due source, a finished poll, or stop(); at least once a second.
+            timeout = min(1.0, max(0.01, min(idle, default=1.0)))
+            if running:
+                done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
+            else:
+                self._stop.wait(timeout)
+                done = set()
             for future in done:
                 running.pop(future)
-                self.process(future.result())
+                self._process_safely(future.result())
         # Publish what is already fetched; polls still in flight are abandoned (nothing was
         # marked seen for them, so the next run fetches them again).
         for future in [f for f in running if f.done()]:
-            self.process(future.result())
+            self._process_safely(future.result())
+
+    def _process_safely(self, outcome: PollOutcome) -> None:
+        # A bug or a store error while handling one source's poll must not end the daemon;
+        # nothing of that poll was marked seen, so the next poll retries it.
+        try:
+            self.process(outcome)
+        except Exception:  # noqa: BLE001
+            outcome.source.rollback()
+            self.dedup.reset_pending()
+            self.metrics.failed.labels(outcome.source.name, "internal").inc()
+            log.exception("source=%s poll could not be processed", outcome.source.name)
 
     # -- dedup + publish --------------------------------------------------------------------
     def process(self, outcome: PollOutcome) -> PollSummary:

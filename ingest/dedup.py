@@ -33,6 +33,8 @@ from ingest.store import SeenRecord, SeenStore
 log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[\w$]+")
+# Pinned, so signatures stored by one datasketch version stay comparable after an upgrade.
+SCHEME = "affine32"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Deduplicator:
         min_words: int = 8,
         window_days: float = 7.0,
         max_items: int = 50_000,
-        content_dedup_min_chars: int = 1,
+        content_dedup_min_chars: int = 40,
     ):
         self.store = store
         self.threshold = threshold
@@ -70,7 +72,10 @@ class Deduplicator:
         self.window_s = window_days * 86_400
         self.max_items = max_items
         self.content_dedup_min_chars = content_dedup_min_chars
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # The LSH only proposes candidates; it is tuned below the threshold for recall (at J just
+        # above the threshold a banded LSH misses a fair share), and each candidate is then
+        # confirmed with the signatures' Jaccard estimate against the real threshold.
+        self._lsh = MinHashLSH(threshold=max(0.05, threshold - 0.2), num_perm=num_perm)
         # id -> (first_story_id, signature), oldest first, so the window can be trimmed from the left.
         self._index: OrderedDict[str, tuple[str, MinHash]] = OrderedDict()
         self._pending_ids: set[str] = set()
@@ -86,7 +91,7 @@ class Deduplicator:
             values = np.frombuffer(blob, dtype=np.uint64)
             if len(values) != self.num_perm:
                 continue  # written with another num_perm; ignore rather than mis-compare
-            self._insert(doc_id, first, MinHash(num_perm=self.num_perm, hashvalues=values))
+            self._insert(doc_id, first, MinHash(num_perm=self.num_perm, hashvalues=values, scheme=SCHEME))
             loaded += 1
         if loaded:
             log.info("near-duplicate index rebuilt from %d stored signatures", loaded)
@@ -111,7 +116,7 @@ class Deduplicator:
             return None
         k = self.shingle_size
         shingles = {" ".join(words[i : i + k]).encode("utf-8") for i in range(max(1, len(words) - k + 1))}
-        sig = MinHash(num_perm=self.num_perm)
+        sig = MinHash(num_perm=self.num_perm, scheme=SCHEME)
         sig.update_batch(list(shingles))
         return sig
 
@@ -128,10 +133,10 @@ class Deduplicator:
         chash = self.content_hash_of(doc)
         if doc.id in self._pending_ids or self.store.is_seen(doc.id):
             return Verdict(duplicate="id", content_hash=chash)
-        key_len = len(content_key(doc.title, doc.text))
-        if key_len >= self.content_dedup_min_chars and (
-            chash in self._pending_hashes or self.store.seen_content(chash)
-        ):
+        # A short news item ("Market update", title only) says too little for equal content to
+        # mean the same story; comments carry author and parent in their hash, so they qualify.
+        long_enough = doc.kind == "comment" or len(content_key(doc.title, doc.text)) >= self.content_dedup_min_chars
+        if long_enough and (chash in self._pending_hashes or self.store.seen_content(chash)):
             return Verdict(duplicate="content", content_hash=chash)
         sig = self.signature(doc.content)
         if sig is None:
@@ -182,3 +187,8 @@ class Deduplicator:
             self._pending_ids.discard(doc.id)
             self._pending_hashes.discard(verdict.content_hash)
             self._remove(doc.id)
+
+    def reset_pending(self) -> None:
+        """Forget every reservation (after an error left some neither confirmed nor released)."""
+        self._pending_ids.clear()
+        self._pending_hashes.clear()

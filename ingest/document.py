@@ -32,6 +32,7 @@ def build_document(
     html: bool = True,
     author: str | None = None,
     published_raw: Any = None,
+    published_at: datetime | None = None,
     tz: tzinfo = timezone.utc,
     tickers: Any = (),
     parent_id: str | None = None,
@@ -42,7 +43,8 @@ def build_document(
 ) -> Document:
     """Normalise and validate; raise :class:`~finpulse.contract.ContractError` if it is not a document.
 
-    ``published_raw`` is kept verbatim in ``extra["published_at_raw"]``. A missing or
+    ``published_raw`` is kept verbatim in ``extra["published_at_raw"]`` and parsed (naive times
+    in ``tz``) unless ``published_at`` is given, which is then used as is. A missing or
     unparseable date falls back to ``fetched_at`` with ``extra["published_at_missing"]`` or
     ``extra["published_at_invalid"]`` set, so consumers can tell a real time from a guess.
     """
@@ -50,13 +52,14 @@ def build_document(
     title_n = strip_html(title) if title else None
     text_n = clean(text) if text else ""
     extra = dict(extra or {})
-    published = None
+    published = published_at
     if published_raw is not None and str(published_raw).strip():
         extra["published_at_raw"] = str(published_raw)
-        published = parse_datetime(published_raw, default_tz=tz)
         if published is None:
-            extra["published_at_invalid"] = True
-    else:
+            published = parse_datetime(published_raw, default_tz=tz)
+            if published is None:
+                extra["published_at_invalid"] = True
+    elif published is None:
         extra["published_at_missing"] = True
     if published is None:
         published = fetched_at
@@ -66,7 +69,8 @@ def build_document(
     body = " ".join(p for p in (title_n, text_n) if p)
     if lang is None and detect_lang:
         lang = detect_language(body)
-    all_tickers = merge_tickers(extract_cashtags(body), tickers)
+    # Cashtags already have ticker syntax; only the configured/column tickers need checking.
+    all_tickers = list(dict.fromkeys(extract_cashtags(body) + merge_tickers(tickers)))
     message = {
         "id": id,
         "source": source,

@@ -182,6 +182,14 @@ class PoliteClient:
             return (time.monotonic() - self.options.robots_ttl + 300, None, False)
         parser = urllib.robotparser.RobotFileParser(robots_url)
         parser.parse(result.content.decode("utf-8", errors="replace").splitlines())
+        delay = parser.crawl_delay(self.options.user_agent)
+        if delay:
+            # Crawl-delay is not in RFC 9309 but sites that set it mean it: never go faster.
+            host = urlsplit(origin).netloc.lower()
+            rate = 1.0 / max(float(delay), 1e-3)
+            if rate < self._bucket(host).rate:
+                self.set_host_rate(host, rate)
+                log.info("%s asks for Crawl-delay %ss: rate limited to %.3f req/s", host, delay, rate)
         return (time.monotonic(), parser, True)
 
     # -- fetching -------------------------------------------------------------------------

@@ -24,12 +24,16 @@ class IngestMetrics:
             "finpulse_ingest_failed", "Items or polls that failed (reason label).", ["source", "reason"], registry=self.registry
         )
 
-    def value(self, event: str, source: str) -> float:
-        """Current value of a counter for a source (failed: summed over reasons)."""
+    def value(self, event: str, source: str, reason: str | None = None) -> float:
+        """Current value of a counter for a source (failed: one reason, or summed over reasons)."""
         total = 0.0
         for metric in getattr(self, event).collect():
             for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("source") == source:
+                if (
+                    sample.name.endswith("_total")
+                    and sample.labels.get("source") == source
+                    and (reason is None or sample.labels.get("reason") == reason)
+                ):
                     total += sample.value
         return total
 

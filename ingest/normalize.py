@@ -52,7 +52,8 @@ def normalize_text(value: str | None) -> str:
         if "&" not in value:
             break
         value = html.unescape(value)
-    value = unicodedata.normalize("NFC", value)
+    if not value.isascii():  # ASCII is always NFC; skip the (costly) check for most tweets
+        value = unicodedata.normalize("NFC", value)
     value = _CONTROL.sub(" ", value)
     return _WS.sub(" ", value).strip()
 
@@ -77,15 +78,13 @@ _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:[.\-][A-Za-z]{1,2})?)(?![\w
 
 def extract_cashtags(text: str | None) -> list[str]:
     """Cashtags in order of first appearance, upper-cased, without the ``$``."""
-    if not text:
+    if not text or "$" not in text:
         return []
-    seen: dict[str, None] = {}
-    for match in _CASHTAG.finditer(text):
-        seen[match.group(1).upper()] = None
-    return list(seen)
+    return list(dict.fromkeys(tag.upper() for tag in _CASHTAG.findall(text)))
 
 
 _TICKER_OK = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,14}$")
+_TICKER_SPLIT = re.compile(r"[\s,;|]+")
 
 
 def merge_tickers(*groups) -> list[str]:
@@ -95,12 +94,12 @@ def merge_tickers(*groups) -> list[str]:
         if not group:
             continue
         if isinstance(group, str):
-            group = re.split(r"[\s,;|]+", group)
+            group = _TICKER_SPLIT.split(group)
         for raw in group:
             if raw is None:
                 continue
             ticker = str(raw).strip().lstrip("$").upper()
-            if ticker and _TICKER_OK.match(ticker):
+            if ticker and ticker not in seen and _TICKER_OK.match(ticker):
                 seen[ticker] = None
     return list(seen)
 
@@ -125,11 +124,15 @@ def detect_language(text: str | None, *, min_chars: int = 20) -> str | None:
     if len(cleaned) < min_chars:
         return None
     from langdetect import DetectorFactory, detect_langs
+    from langdetect import detector_factory
     from langdetect.lang_detect_exception import LangDetectException
 
     if not _LANG_READY:
         with _LANG_LOCK:
-            DetectorFactory.seed = 0  # langdetect is randomised; a fixed seed makes ids/tests stable
+            DetectorFactory.seed = 0  # langdetect is randomised; a fixed seed makes results stable
+            # langdetect publishes its global factory before loading the profiles: a second
+            # thread could detect with half the languages loaded. Load it once, under a lock.
+            detector_factory.init_factory()
             _LANG_READY = True
     try:
         best = detect_langs(cleaned[:2000])[0]
@@ -162,6 +165,11 @@ _TZ_ABBR = {
 }
 
 
+# Only strings that look like RFC 822 go to the email parser: it is lenient to the point of
+# reading "May 1, 2024 5:00 PM" as 05:00.
+_RFC822 = re.compile(r"^\s*(?:[A-Za-z]{3},?\s*)?\d{1,2}\s+[A-Za-z]{3}\s+\d{2,4}\s+\d{1,2}:\d{2}")
+
+
 def parse_datetime(value, *, default_tz: tzinfo = timezone.utc) -> datetime | None:
     """Parse an ISO 8601 / RFC 822 / epoch value to an aware UTC datetime; None if unparseable.
 
@@ -189,7 +197,7 @@ def parse_datetime(value, *, default_tz: tzinfo = timezone.utc) -> datetime | No
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
         except ValueError:
             pass
-        if parsed is None:
+        if parsed is None and _RFC822.match(text):
             try:
                 # RFC 822, what RSS uses; "-0000" (offset unknown) comes back naive on purpose.
                 parsed = parsedate_to_datetime(text)

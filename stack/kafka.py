@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import shutil
 import subprocess
 import time
@@ -26,6 +28,23 @@ START_TIMEOUT_S = 90.0
 
 def probe_kafka(bootstrap: list[str], *, timeout_s: float = 5.0) -> str | None:
     """Send a metadata request; return None when the cluster answers, else the reason it did not."""
+    with _quiet("kafka"):
+        return _describe_cluster(bootstrap, timeout_s)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """A probe expects refused connections while the broker starts: keep them out of the log."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _describe_cluster(bootstrap: list[str], timeout_s: float) -> str | None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 

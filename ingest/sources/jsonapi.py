@@ -51,6 +51,7 @@ class JsonApiSource(Source):
         pag = cfg.pagination
         cursor: str | None = None
         seen_cursors: set[str] = set()
+        self._this_poll: set[str] = set()
         for page_no in range(pag.max_pages):
             params = dict(cfg.params)
             if pag.type == "cursor" and cursor is not None:
@@ -106,8 +107,9 @@ class JsonApiSource(Source):
             doc_id = url_id(canonical)
         else:
             return self.skipped("no_url_or_id", "item has neither an id nor a URL")
-        if self.store.is_seen(doc_id):
+        if doc_id in self._this_poll or self.store.is_seen(doc_id):
             return self.skipped("seen", doc_id, duplicate=True)
+        self._this_poll.add(doc_id)
         text = get_path(item, m.text)
         title = get_path(item, m.title)
         parent = get_path(item, m.parent_id)

@@ -54,6 +54,7 @@ class RssSource(Source):
         if feed.bozo:
             log.warning("%s: feed is not well-formed (%s); using the %d entries recovered",
                         self.name, feed.get("bozo_exception"), len(feed.entries))
+        self._this_poll: set[str] = set()
         for entry in feed.entries[: cfg.max_items]:
             try:
                 yield self._entry(entry, base=result.url)
@@ -72,9 +73,10 @@ class RssSource(Source):
             doc_id = native_id(self.name, guid)
         else:
             return self.skipped("no_url_or_id", f"entry {entry.get('title', '')!r:.80} has neither link nor id")
-        if self.store.is_seen(doc_id):
+        if doc_id in self._this_poll or self.store.is_seen(doc_id):
             # Known story: do not refetch the article (politeness); the crawler counts it.
             return self.skipped("seen", doc_id, duplicate=True)
+        self._this_poll.add(doc_id)
 
         title = entry.get("title")
         summary = entry.get("summary") or ""

@@ -1,0 +1,145 @@
+"""``finpulse ingest``: crawl configured sources, or replay a recorded stream."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+@click.group("ingest")
+def cli() -> None:
+    """Crawlers and replay: documents into the documents topic (at least once)."""
+
+
+def _install_signal_handlers(stop) -> None:
+    # First SIGTERM/SIGINT: finish and publish the poll in hand, flush, exit. The producer is
+    # flushed by close() in the caller's finally block.
+    def handler(signum, _frame):
+        log.info("received %s: stopping after the current poll", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@cli.command("crawl")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sources YAML (see ingest/sources.example.yaml).")
+@click.option("--once", is_flag=True, help="Poll every source once, publish, and exit.")
+@click.option("--topic", default=None, help="Topic to publish to (default FINPULSE_TOPIC_DOCUMENTS).")
+@click.option("--partitions", type=int, default=None, help="Partitions if the topic is created (default FINPULSE_TOPIC_PARTITIONS).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Seen-store directory (default FINPULSE_HOME/ingest).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | None, state_dir: Path | None,
+          metrics_port: int | None) -> None:
+    """Poll the sources of --config on their intervals and publish new documents."""
+    from finpulse.settings import get_settings
+    from ingest.config import load_config
+    from ingest.crawler import Crawler
+    from ingest.errors import ConfigError
+    from ingest.metrics import IngestMetrics
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    metrics = IngestMetrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    crawler = Crawler.from_settings(config, settings=get_settings(), topic=topic, state_dir=state_dir,
+                                    metrics=metrics, partitions=partitions)
+    _install_signal_handlers(crawler.stop)
+    try:
+        crawler.run(once=once)
+    finally:
+        crawler.close()
+    click.echo("crawler stopped", err=True)
+
+
+@cli.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rate", type=float, default=None, help="Documents per second.")
+@click.option("--speedup", type=float, default=None, help="Replay the recorded gaps X times faster.")
+@click.option("--shift-to-now", is_flag=True, help="Shift timestamps so the anchor event is now.")
+@click.option("--anchor", type=click.Choice(["last", "first"]), default="last", show_default=True,
+              help="Which event --shift-to-now moves to now.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Default: from the extension.")
+@click.option("--source", default=None, help="Source name on the documents (default: file stem).")
+@click.option("--kind", type=click.Choice(["news", "comment"]), default="comment", show_default=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--time-column", default=None, help="Default: created_at, timestamp, ... (guessed).")
+@click.option("--id-column", default=None, help="Native id column (default: hash of time and text).")
+@click.option("--ticker-column", default=None, help="Column with tickers/cashtags (added to those in the text).")
+@click.option("--title-column", default=None)
+@click.option("--author-column", default=None)
+@click.option("--url-column", default=None)
+@click.option("--timezone", "tz_name", default="UTC", show_default=True, help="Zone of naive timestamps.")
+@click.option("--lang", default="detect", show_default=True,
+              help="'detect' (langdetect, ~3 ms/doc), 'none', or a fixed code such as 'en'.")
+@click.option("--missing-time", type=click.Choice(["skip", "now"]), default="skip", show_default=True,
+              help="Rows without a timestamp: skip (counted) or publish as arriving now.")
+@click.option("--html", is_flag=True, help="The text column is HTML: strip tags (entities are always unescaped).")
+@click.option("--limit", type=int, default=None, help="Read at most N rows.")
+@click.option("--topic", default=None, help="Topic (default FINPULSE_TOPIC_DOCUMENTS).")
+@click.option("--partitions", type=int, default=None, help="Partitions if the topic is created.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--producer", type=click.Choice(["kafka-python", "confluent"]), default="kafka-python", show_default=True,
+              help="Kafka client; 'confluent' (optional confluent-kafka package) is several times faster.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes that normalise/validate rows in parallel (publish order stays event order).")
+def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source, kind, text_column, time_column,
+                   id_column, ticker_column, title_column, author_column, url_column, tz_name, lang, missing_time,
+                   html, limit, topic, partitions, progress, producer, workers) -> None:
+    """Publish FILE (CSV or JSONL) in event-time order."""
+    from finpulse.settings import get_settings
+    from ingest.errors import ConfigError, PublishError
+    from ingest.normalize import resolve_timezone
+    from ingest.producer import make_sink
+    from ingest.replay import Columns, replay
+
+    if rate is not None and speedup is not None:
+        raise click.UsageError("give --rate or --speedup, not both")
+    columns = Columns(text=text_column, time=time_column, id=id_column, ticker=ticker_column, title=title_column,
+                      author=author_column, url=url_column)
+    try:
+        tz = resolve_timezone(tz_name)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timezone") from None
+    detect = lang == "detect"
+    fixed = None if lang in ("detect", "none") else lang
+    settings = get_settings()
+    try:
+        sink = make_sink(producer, settings=settings, topic=topic, partitions=partitions)
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt  # unwinds to the finally below, which flushes
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stats = replay(file, sink=sink, source=source or file.stem.replace(" ", "_"), kind=kind, columns=columns,
+                       fmt=fmt, tz=tz, rate=rate, speedup=speedup, shift_to_now=shift_to_now, anchor=anchor,
+                       lang=fixed, detect_lang=detect, missing_time=missing_time, html=html, limit=limit,
+                       progress=progress, workers=workers)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except PublishError as exc:
+        raise click.ClickException(f"delivery failed: {exc}") from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: flushing what was sent", err=True)
+        sys.exit(130)
+    finally:
+        sink.close()  # flushes: whatever was sent before an interrupt still reaches the broker
+    click.echo(stats.line())
+    if stats.time_column:
+        click.echo(f"time column: {stats.time_column}; events {stats.first_event} .. {stats.last_event}"
+                   + (f"; shifted by {stats.shift}" if stats.shift is not None else ""))

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from finpulse.contract import Document
+from ingest.config import RssConfig
+from ingest.errors import ParseError
+from ingest.http import HttpOptions, PoliteClient
+from ingest.sources import RssSource, Skipped
+from ingest.store import SeenStore
+
+FAST = HttpOptions(read_timeout=1, retries=0, rate_per_host=1000, burst=100)
+
+
+@pytest.fixture
+def make(http_server, tmp_path):
+    clients = []
+
+    def factory(path: str, **cfg) -> RssSource:
+        config = RssConfig(name="t", type="rss", kind="news", url=http_server.url(path), fetch_articles=False, **cfg)
+        client = PoliteClient(options=FAST)
+        clients.append(client)
+        return RssSource(config=config, client=client, store=SeenStore(tmp_path / "s.db"))
+
+    yield factory
+    for c in clients:
+        c.close()
+
+
+def _feed(encoding: str, title: str) -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?><rss version="2.0"><channel><title>x</title>'
+        f"<item><title>{title}</title><link>http://127.0.0.1/a</link>"
+        "<pubDate>Wed, 01 May 2024 12:00:00 +0200</pubDate></item></channel></rss>"
+    ).encode("latin-1")
+
+
+def test_declared_latin1_feed_is_decoded(http_server, make):
+    http_server.route("/l1.rss", (200, {"Content-Type": "application/rss+xml"}, _feed("iso-8859-1", "Caf\u00e9 cr\u00e8me")))
+    [doc] = list(make("/l1.rss").poll())
+    assert isinstance(doc, Document) and doc.title == "Caf\u00e9 cr\u00e8me"
+    assert doc.published_at.isoformat() == "2024-05-01T10:00:00+00:00"
+
+
+def test_feed_lying_about_its_encoding_is_still_read(http_server, make):
+    # Declares UTF-8, is Latin-1: feedparser falls back; the item is published, not dropped.
+    http_server.route("/liar.rss", (200, {"Content-Type": "application/rss+xml"}, _feed("utf-8", "Caf\u00e9")))
+    [doc] = list(make("/liar.rss").poll())
+    assert isinstance(doc, Document) and doc.title.startswith("Caf")
+
+
+def test_truncated_feed_keeps_recovered_entries(http_server, make):
+    body = _feed("utf-8", "Complete item")[:-30] + b"<item><title>half"
+    http_server.route("/cut.rss", (200, {"Content-Type": "application/rss+xml"}, body))
+    items = list(make("/cut.rss").poll())
+    assert any(isinstance(i, Document) and i.title == "Complete item" for i in items)
+
+
+def test_html_page_instead_of_feed_is_a_parse_error(http_server, make):
+    http_server.route("/page", (200, {"Content-Type": "text/html"}, b"<html><body><p>Not a feed</p></body></html>"))
+    source = make("/page")
+    try:
+        items = list(source.poll())
+    except ParseError:
+        items = None
+    # feedparser reads any HTML as an empty, well-formed-enough feed: either way nothing is published
+    assert items is None or all(isinstance(i, Skipped) for i in items)
+
+
+def test_max_items_bounds_a_poll(http_server, make):
+    entries = "".join(f"<item><title>n{i}</title><guid>g{i}</guid></item>" for i in range(10))
+    body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>{entries}</channel></rss>'.encode()
+    http_server.route("/many.rss", (200, {}, body))
+    assert len(list(make("/many.rss", max_items=3).poll())) == 3

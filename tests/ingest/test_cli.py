@@ -1,0 +1,145 @@
+"""`finpulse ingest ...` through the real CLI entry point, into the real broker."""
+
+from __future__ import annotations
+
+import yaml
+from click.testing import CliRunner
+
+from finpulse.cli import main
+
+from tests.ingest import feeds
+from tests.ingest.kafka_utils import consume_all
+
+CSV = """id,created_at,text,cashtags
+3,2020-04-09 00:00:30+00:00,third $AAPL,$AAPL
+1,2020-04-09 00:00:10+00:00,first &amp; foremost,
+2,2020-04-09 00:00:20+00:00,second,$TSLA
+4,,no time,
+"""
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["ingest", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "crawl" in result.output and "replay" in result.output
+
+
+def test_replay_into_broker(stack, unique_topic, tmp_path):
+    path = tmp_path / "tweets.csv"
+    path.write_text(CSV)
+    result = CliRunner().invoke(
+        main,
+        ["ingest", "replay", str(path), "--topic", unique_topic, "--id-column", "id", "--ticker-column", "cashtags",
+         "--source", "tw", "--lang", "en", "--shift-to-now", "--rate", "1000", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "replayed 3 of 4 rows" in result.output and "no_time=1" in result.output
+    docs = [doc for _, doc in consume_all(stack, unique_topic)]
+    assert sorted(d.id for d in docs) == ["tw:1", "tw:2", "tw:3"]
+    by_id = {d.id: d for d in docs}
+    assert by_id["tw:1"].text == "first & foremost" and by_id["tw:3"].tickers == ["AAPL"]
+    assert by_id["tw:3"].published_at - by_id["tw:1"].published_at == (
+        by_id["tw:3"].fetched_at - by_id["tw:3"].fetched_at
+    ) + __import__("datetime").timedelta(seconds=20)
+    # offsets within a partition follow event time; with one key per doc, check it globally by sort
+    assert all(d.lang == "en" and d.extra["replay"] is True for d in docs)
+
+
+def test_replay_shared_tweets_into_broker(stack, unique_topic, shared_data):
+    path = shared_data / "replay" / "stock_market_tweets_2020.csv"
+    result = CliRunner().invoke(
+        main,
+        ["ingest", "replay", str(path), "--topic", unique_topic, "--id-column", "id", "--ticker-column", "cashtags",
+         "--lang", "none", "--no-progress", "--partitions", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    docs = [doc for _, doc in consume_all(stack, unique_topic)]
+    assert len(docs) == 5000 == len({d.id for d in docs})
+    # one partition: the log order is the publish order, which must be event-time order
+    assert all(a.published_at <= b.published_at for a, b in zip(docs, docs[1:]))
+
+
+def test_crawl_once_into_broker(stack, unique_topic, http_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("FP_FORUM_TOKEN", "t0ken")
+    feeds.install(http_server)
+    config_path = tmp_path / "sources.yaml"
+    config_path.write_text(yaml.safe_dump(feeds.crawler_config(http_server.base, good_only=True)))
+    args = ["ingest", "crawl", "--config", str(config_path), "--once", "--topic", unique_topic,
+            "--state-dir", str(tmp_path / "state")]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    count = len(consume_all(stack, unique_topic))
+    assert count == 13  # wire 7 + boerse 2 + forum 4 (see test_crawler.expected_first_poll)
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    assert len(consume_all(stack, unique_topic)) == count
+
+
+def test_crawl_rejects_bad_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sources: []\n")
+    result = CliRunner().invoke(main, ["ingest", "crawl", "--config", str(path), "--once"])
+    assert result.exit_code != 0 and "invalid sources config" in result.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _published(metrics_text: str) -> float:
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("finpulse_ingest_published_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, http_server, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    monkeypatch.setenv("FP_FORUM_TOKEN", "t0ken")
+    feeds.install(http_server)
+    config = feeds.crawler_config(http_server.base, good_only=True)
+    for source in config["sources"]:
+        source["interval"] = 0.5
+    config_path = tmp_path / "sources.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = _free_port()
+    finpulse = Path(sys.executable).with_name("finpulse")
+    proc = subprocess.Popen(
+        [str(finpulse), "ingest", "crawl", "--config", str(config_path), "--topic", unique_topic,
+         "--state-dir", str(tmp_path / "state"), "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        published = 0.0
+        deadline = time.monotonic() + 120  # a safety net against a hung test, not a performance bound
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                published = _published(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+            except httpx.HTTPError:
+                pass
+            if published >= 13 and len(http_server.hits("/api/comments")) >= 6:  # >= 2 polls of the API
+                break
+            time.sleep(0.2)
+        assert published == 13, proc.stdout.read() if proc.poll() is not None else published
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "crawler stopped" in output
+    assert "poll source=forum fetched=7 published=4" in output  # the one-line summary per poll
+    assert "poll source=forum fetched=7 published=0 duplicate=4" in output
+    assert len(consume_all(stack, unique_topic)) == 13

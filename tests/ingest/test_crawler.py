@@ -1,0 +1,202 @@
+"""The crawler against a real local HTTP server, publishing into an in-memory sink.
+
+(The same scenario against the real Kafka broker is in test_crawler_kafka.py.)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from ingest.config import parse_config
+from ingest.crawler import Crawler
+from ingest.metrics import IngestMetrics
+from ingest.normalize import canonical_url, url_id
+from ingest.producer import MemorySink
+from ingest.store import SeenStore
+
+from tests.ingest import feeds
+
+
+@pytest.fixture
+def site(http_server, monkeypatch):
+    monkeypatch.setenv("FP_FORUM_TOKEN", "t0ken")
+    feeds.install(http_server)
+    return http_server
+
+
+def make_crawler(site, state_dir, sink, *, good_only=False, metrics=None):
+    config = parse_config(feeds.crawler_config(site.base, good_only=good_only))
+    return Crawler(config=config, sink=sink, store=SeenStore(state_dir / "seen.sqlite3"), metrics=metrics)
+
+
+def uid(site, path):
+    return url_id(canonical_url(site.url(path)))
+
+
+def expected_first_poll(site) -> dict[str, str]:
+    """id -> source of every document the first poll must publish."""
+    wire = ["/articles/acme", "/articles/acme-copy", "/articles/acme-copy-2", "/private/memo", "/articles/rates",
+            "/articles/gone"]
+    ids = {uid(site, p): "wire" for p in wire}
+    ids["wire:bad-date-1"] = "wire"
+    ids[uid(site, "/articles/siemens")] = "boerse"
+    ids["boerse:urn:fixture:no-link"] = "boerse"
+    ids.update({f"forum:{n}": "forum" for n in (101, 102, 104, 105)})
+    return ids
+
+
+def check_first_poll_documents(site, docs):
+    by_id = {d.id: d for d in docs}
+    acme, copy1, copy2 = (by_id[uid(site, p)] for p in ("/articles/acme", "/articles/acme-copy", "/articles/acme-copy-2"))
+    # first story and its chain
+    assert acme.extra["novelty"] is True and acme.extra["first_story_id"] == acme.id
+    assert copy1.extra["novelty"] is False and copy1.extra["first_story_id"] == acme.id
+    assert copy2.extra["novelty"] is False and copy2.extra["first_story_id"] == acme.id
+    assert acme.url == site.url("/articles/acme")  # utm_* removed
+    assert acme.extra["text_from"] == "article" and "buyback program" in acme.text
+    assert "Copyright" not in acme.text and "Home" not in acme.text  # boilerplate dropped by trafilatura
+    assert acme.tickers == ["ACME", "SPY"]
+    assert acme.published_at == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    assert copy1.published_at == datetime(2024, 5, 1, 12, 5, tzinfo=timezone.utc)  # EDT
+    assert copy2.published_at == datetime(2024, 5, 1, 16, 10, tzinfo=timezone.utc)  # naive, New York
+    assert copy2.extra["published_at_raw"] == "2024-05-01T12:10:00"
+    assert all(d.lang == "en" for d in (acme, copy1, copy2))
+    # fallbacks
+    memo = by_id[uid(site, "/private/memo")]
+    assert memo.extra["article_error"] == "robots" and memo.text.startswith("Robots.txt forbids")
+    assert site.hits("/private/memo") == []
+    gone = by_id[uid(site, "/articles/gone")]
+    assert gone.extra["article_error"] == "http_404" and gone.text == "Only a summary."
+    rates = by_id[uid(site, "/articles/rates")]
+    assert rates.extra["published_at_missing"] is True and rates.published_at == rates.fetched_at
+    assert rates.extra["novelty"] is True
+    bad_date = by_id["wire:bad-date-1"]
+    assert bad_date.extra["published_at_invalid"] is True and bad_date.url is None
+    # Atom, German, naive Berlin time, HTML-escaped summary
+    siemens = by_id[uid(site, "/articles/siemens")]
+    assert siemens.lang == "de" and siemens.text.startswith("Die Aktie von Siemens")
+    assert siemens.published_at == datetime(2024, 5, 1, 7, 0, tzinfo=timezone.utc)
+    assert by_id["boerse:urn:fixture:no-link"].published_at == datetime(2024, 5, 1, 7, 30, tzinfo=timezone.utc)
+    # comments API
+    c101, c102, c104 = by_id["forum:101"], by_id["forum:102"], by_id["forum:104"]
+    assert c101.text == "Buying more $TSLA & $NVDA" and c101.author == "alice" and c101.kind == "comment"
+    assert c101.tickers == ["TSLA", "NVDA"]
+    assert c102.parent_id == "forum:101" and c102.published_at == datetime(2024, 5, 1, 13, 1, tzinfo=timezone.utc)
+    assert c104.published_at == datetime(2024, 5, 1, 13, 3, tzinfo=timezone.utc)  # naive, New York (EDT)
+
+
+def test_crawl_publishes_each_story_once_and_survives_bad_input(site, tmp_path):
+    sink = MemorySink()
+    metrics = IngestMetrics()
+    with make_crawler(site, tmp_path, sink, metrics=metrics) as crawler:
+        summaries = {s.source: s for s in crawler.run_once()}
+        published = [d.id for d in sink.documents]
+        assert sorted(published) == sorted(expected_first_poll(site))
+        assert len(published) == len(set(published))
+        check_first_poll_documents(site, sink.documents)
+
+        # per-source accounting
+        wire = summaries["wire"]
+        assert (wire.fetched, wire.published, wire.near_duplicate, wire.duplicate, wire.failed) == (10, 7, 2, 1, 2)
+        forum = summaries["forum"]
+        assert (forum.fetched, forum.published, forum.failed) == (7, 4, 3)
+        for name, reason in [("flaky", "http_500"), ("hang", "timeout"), ("loop", "redirects"),
+                             ("huge", "too_large"), ("huge-declared", "too_large"), ("garbage", "malformed_feed"),
+                             ("broken-json", "malformed_json"), ("latin1-json", "encoding"), ("forbidden", "robots")]:
+            assert summaries[name].error and summaries[name].error.startswith(reason), (name, summaries[name].error)
+            assert summaries[name].published == 0
+            assert metrics.value("failed", name) == 1
+        assert metrics.value("published", "wire") == 7
+        assert metrics.value("near_duplicate", "wire") == 2
+        assert metrics.value("duplicate", "wire") == 1
+        assert metrics.value("fetched", "forum") == 7
+        assert len(site.hits("/api/comments")) == 3  # three pages via the cursor
+
+        # second poll: nothing new, the feed answers 304, the flaky feed has recovered
+        second = {s.source: s for s in crawler.run_once()}
+        assert second["wire"].fetched == 0
+        assert site.hits("/feeds/news.rss")[-1].headers.get("if-none-match") == '"v1"'
+        assert second["boerse"].duplicate == 2 and second["boerse"].published == 0
+        assert second["forum"].duplicate == 4 and second["forum"].published == 0
+        assert second["flaky"].published == 1 and second["flaky"].error is None
+        assert [d.source for d in sink.documents[len(published):]] == ["flaky"]
+        assert len(site.hits("/articles/acme")) == 1  # a known story's page is never fetched again
+
+    # restart with the same state dir: nothing is republished
+    before = len(sink.documents)
+    with make_crawler(site, tmp_path, sink, good_only=True) as again:
+        restarted = {s.source: s for s in again.run_once()}
+    assert len(sink.documents) == before
+    assert restarted["boerse"].duplicate == 2 and restarted["forum"].duplicate == 4
+
+
+def test_failed_delivery_is_not_marked_seen(site, tmp_path):
+    # Every send fails (including the Sink's own retries): nothing may be remembered.
+    sink = MemorySink(fail_next=10_000)
+    sink.retries = 1
+    with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
+        first = {s.source: s for s in crawler.run_once()}
+        assert sink.documents == []
+        assert first["wire"].published == 0 and first["wire"].failed >= 7
+        sink.fail_next = 0
+        second = {s.source: s for s in crawler.run_once()}
+    # the feed's ETag was not stored after the failed poll, so no 304 hid the stories
+    assert second["wire"].published == 7
+    assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
+
+
+def test_run_loop_stops_on_request(site, tmp_path):
+    import threading
+
+    sink = MemorySink()
+    with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
+        for source in crawler.sources:
+            source.interval = 0.05
+        done = threading.Event()
+
+        def stop_when_published():
+            while len(sink.documents) < len(expected_first_poll(site)):
+                if done.wait(0.05):
+                    return
+            crawler.stop()
+
+        watcher = threading.Thread(target=stop_when_published, daemon=True)
+        watcher.start()
+        crawler.run()
+        done.set()
+    assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
+
+
+def test_an_error_while_processing_one_poll_does_not_end_the_daemon(site, tmp_path, monkeypatch):
+    import threading
+
+    sink = MemorySink()
+    with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
+        for source in crawler.sources:
+            source.interval = 0.05
+        real_check = crawler.dedup.check
+        calls = {"n": 0}
+
+        def broken_once(doc):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("simulated store failure")
+            return real_check(doc)
+
+        monkeypatch.setattr(crawler.dedup, "check", broken_once)
+        done = threading.Event()
+
+        def stop_when_published():
+            while len(sink.documents) < len(expected_first_poll(site)):
+                if done.wait(0.05):
+                    return
+            crawler.stop()
+
+        threading.Thread(target=stop_when_published, daemon=True).start()
+        crawler.run()
+        done.set()
+        internal = sum(crawler.metrics.value("failed", s.name, "internal") for s in crawler.sources)
+        assert internal == 1
+    assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
