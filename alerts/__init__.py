@@ -1,0 +1,1 @@
+"""Spike detection and alert delivery (email, webhooks) on APScheduler. Not built yet."""

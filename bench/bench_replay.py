@@ -77,6 +77,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from finpulse.settings import Settings
+    from ingest.deadletter import DeadLetterSink
     from ingest.normalize import detect_language, utcnow
     from ingest.producer import make_sink
     from ingest.replay import Columns, ReplayStats, load_events, read_rows, replay, to_document
@@ -153,14 +154,18 @@ def main() -> int:
         def end_to_end():
             topic = f"bench.replay.{uuid.uuid4().hex[:8]}"
             sink = make_sink(args.producer, settings=settings, topic=topic, partitions=args.partitions, **sink_options)
+            dead_letters = DeadLetterSink.kafka(settings=settings, topic=f"{topic}.dead", partitions=args.partitions)
             try:
                 t = time.perf_counter()
                 stats = replay(looped, sink=sink, source="bench", columns=columns, lang="en", detect_lang=False,
-                               progress=False, max_in_flight=args.max_in_flight, workers=args.workers)
+                               progress=False, max_in_flight=args.max_in_flight, workers=args.workers,
+                               dead_letters=dead_letters)
                 seconds = time.perf_counter() - t
             finally:
                 sink.close()
-            return stats.published, seconds, {"rejected": stats.rejected, "topic": topic,
+                dead_letters.close()
+            return stats.published, seconds, {"rejected": stats.rejected, "dead_lettered": stats.dead_lettered,
+                                              "topic": topic,
                                               "note": "replay() with --lang en (no detection), as fast as possible"}
 
         holder: dict = {}

@@ -37,8 +37,9 @@ def _install_signal_handlers(stop) -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Seen-store directory (default FINPULSE_HOME/ingest).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--dead-letter-topic", default=None, help="Topic for rejected items (default FINPULSE_TOPIC_DEAD_LETTERS).")
 def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | None, state_dir: Path | None,
-          metrics_port: int | None) -> None:
+          metrics_port: int | None, dead_letter_topic: str | None) -> None:
     """Poll the sources of --config on their intervals and publish new documents."""
     from finpulse.settings import get_settings
     from ingest.config import load_config
@@ -55,7 +56,7 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
         metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
     crawler = Crawler.from_settings(config, settings=get_settings(), topic=topic, state_dir=state_dir,
-                                    metrics=metrics, partitions=partitions)
+                                    metrics=metrics, partitions=partitions, dead_letter_topic=dead_letter_topic)
     _install_signal_handlers(crawler.stop)
     try:
         crawler.run(once=once)
@@ -90,6 +91,8 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
 @click.option("--limit", type=int, default=None, help="Read at most N rows.")
 @click.option("--topic", default=None, help="Topic (default FINPULSE_TOPIC_DOCUMENTS).")
 @click.option("--partitions", type=int, default=None, help="Partitions if the topic is created.")
+@click.option("--dead-letter-topic", default=None,
+              help="Topic for rejected rows, with the raw row (default FINPULSE_TOPIC_DEAD_LETTERS).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--producer", type=click.Choice(["kafka-python", "confluent"]), default="kafka-python", show_default=True,
               help="Kafka client; 'confluent' (optional confluent-kafka package) is several times faster.")
@@ -97,9 +100,10 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
               help="Processes that normalise/validate rows in parallel (publish order stays event order).")
 def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source, kind, text_column, time_column,
                    id_column, ticker_column, title_column, author_column, url_column, tz_name, lang, missing_time,
-                   html, limit, topic, partitions, progress, producer, workers) -> None:
+                   html, limit, topic, partitions, dead_letter_topic, progress, producer, workers) -> None:
     """Publish FILE (CSV or JSONL) in event-time order."""
     from finpulse.settings import get_settings
+    from ingest.deadletter import DeadLetterSink
     from ingest.errors import ConfigError, PublishError
     from ingest.normalize import resolve_timezone
     from ingest.producer import make_sink
@@ -120,6 +124,7 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         sink = make_sink(producer, settings=settings, topic=topic, partitions=partitions)
     except ImportError as exc:
         raise click.ClickException(str(exc)) from None
+    dead_letters = DeadLetterSink.kafka(settings=settings, topic=dead_letter_topic, partitions=partitions)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt  # unwinds to the finally below, which flushes
@@ -129,7 +134,7 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         stats = replay(file, sink=sink, source=source or file.stem.replace(" ", "_"), kind=kind, columns=columns,
                        fmt=fmt, tz=tz, rate=rate, speedup=speedup, shift_to_now=shift_to_now, anchor=anchor,
                        lang=fixed, detect_lang=detect, missing_time=missing_time, html=html, limit=limit,
-                       progress=progress, workers=workers)
+                       progress=progress, workers=workers, dead_letters=dead_letters)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except PublishError as exc:
@@ -138,7 +143,10 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         click.echo("interrupted: flushing what was sent", err=True)
         sys.exit(130)
     finally:
-        sink.close()  # flushes: whatever was sent before an interrupt still reaches the broker
+        try:
+            sink.close()  # flushes: whatever was sent before an interrupt still reaches the broker
+        finally:
+            dead_letters.close()
     click.echo(stats.line())
     if stats.time_column:
         click.echo(f"time column: {stats.time_column}; events {stats.first_event} .. {stats.last_event}"

@@ -5,6 +5,10 @@ Order of events per poll: fetch -> normalise/validate -> dedup -> publish -> bro
 mark seen (+ store HTTP validators). A crash anywhere before the last step republishes on
 the next run rather than losing a story.
 
+Items that fail (contract, parse, encoding, no id...; not duplicates) and response bodies that
+cannot be parsed go to the dead-letter sink, at least once as well: if a dead letter is not
+acked, the poll's HTTP validators are not stored, so the next poll meets the item again.
+
 Sources are fetched concurrently in a small thread pool (I/O bound; a hanging host only ties
 up its own worker), while dedup, publishing and the seen-store updates happen on the calling
 thread, one poll at a time, so dedup decisions are never racy.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ from pathlib import Path
 from finpulse.contract import Document
 from finpulse.settings import Settings
 from ingest.config import CrawlerConfig
+from ingest.deadletter import DeadLetter, DeadLetterSink
 from ingest.dedup import Deduplicator, Verdict
 from ingest.errors import IngestError
 from ingest.http import PoliteClient
@@ -52,6 +58,7 @@ class PollSummary:
     duplicate: int = 0
     near_duplicate: int = 0
     failed: int = 0
+    dead_lettered: int = 0
     error: str | None = None
     seconds: float = 0.0
     documents: list[Document] = field(default_factory=list)
@@ -61,6 +68,7 @@ class PollSummary:
         return (
             f"poll source={self.source} fetched={self.fetched} published={self.published} "
             f"duplicate={self.duplicate} near_duplicate={self.near_duplicate} failed={self.failed} "
+            f"dead_lettered={self.dead_lettered} "
             f"took={self.seconds:.2f}s{tail}"
         )
 
@@ -72,20 +80,28 @@ def _reason(exc: BaseException) -> str:
 class Crawler:
     """Polls every enabled source of a :class:`CrawlerConfig` into a :class:`Sink`.
 
-    Delivery: at least once; consumers must be idempotent.
+    Delivery: at least once, for documents and for dead letters; consumers must be idempotent.
     """
+
+    # Fingerprints of dead letters acked by this process, so a bad item that stays in a feed (or
+    # an API without validators) is not dead-lettered again on every poll. Bounded: the oldest
+    # are forgotten, and a restarted crawler sends each one again once (at least once).
+    DEAD_LETTER_MEMORY = 100_000
 
     def __init__(
         self,
         *,
         config: CrawlerConfig,
         sink: Sink,
+        dead_letters: DeadLetterSink,
         store: SeenStore,
         metrics: IngestMetrics | None = None,
         client: PoliteClient | None = None,
     ):
         self.config = config
         self.sink = sink
+        self.dead_letters = dead_letters
+        self._dead_lettered: OrderedDict[str, None] = OrderedDict()
         self.store = store
         self.metrics = metrics or IngestMetrics()
         self.client = client or PoliteClient(options=config.http.options())
@@ -105,12 +121,21 @@ class Crawler:
         topic: str | None = None,
         state_dir: Path | None = None,
         metrics: IngestMetrics | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        dead_letter_topic: str | None = None,
         **sink_options,
     ) -> Crawler:
-        """A crawler publishing to Kafka, with its seen-store under ``settings.home/ingest``."""
+        """A crawler publishing to Kafka, with its seen-store under ``settings.home/ingest``.
+
+        Dead letters go to ``dead_letters`` if given, else to ``dead_letter_topic`` (default
+        ``settings.topic_dead_letters``, created if missing).
+        """
         store = SeenStore(Path(state_dir) / "seen.sqlite3") if state_dir else SeenStore.for_home(settings.home)
         sink = KafkaSink(settings=settings, topic=topic, **sink_options)
-        return cls(config=config, sink=sink, store=store, metrics=metrics)
+        if dead_letters is None:
+            dead_letters = DeadLetterSink.kafka(settings=settings, topic=dead_letter_topic,
+                                                partitions=sink_options.get("partitions"))
+        return cls(config=config, sink=sink, dead_letters=dead_letters, store=store, metrics=metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -125,7 +150,10 @@ class Crawler:
         """Flush and close the sink, the HTTP client and the store. Worker threads are not waited for."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
-            self.sink.close()
+            try:
+                self.sink.close()
+            finally:
+                self.dead_letters.close()
         finally:
             self.client.close()
             self.store.close()
@@ -198,6 +226,27 @@ class Crawler:
             self.metrics.failed.labels(outcome.source.name, "internal").inc()
             log.exception("source=%s poll could not be processed", outcome.source.name)
 
+    # -- dead letters ---------------------------------------------------------------------
+    def _dead_letter(self, name: str, rejected: list[Skipped], summary: PollSummary) -> bool:
+        """Publish the dead letters of one poll; False if any was not delivered (never raises)."""
+        letters = [DeadLetter(stage="ingest", source=name, reason=s.reason, detail=s.detail, raw=s.raw, url=s.url)
+                   for s in rejected]
+        fresh = [letter for letter in letters if letter.fingerprint not in self._dead_lettered]
+        if len(fresh) < len(letters):
+            log.debug("source=%s %d dead letter(s) already sent by this process", name, len(letters) - len(fresh))
+        if not fresh:
+            return True
+        result = self.dead_letters.publish(fresh)
+        for letter in result.acked:
+            summary.dead_lettered += 1
+            self.metrics.dead_lettered.labels(name, letter.reason).inc()
+            self._dead_lettered[letter.fingerprint] = None
+        while len(self._dead_lettered) > self.DEAD_LETTER_MEMORY:
+            self._dead_lettered.popitem(last=False)
+        for letter, _ in result.failed:
+            self.metrics.dead_letter_failed.labels(name, letter.reason).inc()
+        return not result.failed
+
     # -- dedup + publish --------------------------------------------------------------------
     def process(self, outcome: PollOutcome) -> PollSummary:
         source = outcome.source
@@ -205,6 +254,7 @@ class Crawler:
         m = self.metrics
         summary = PollSummary(source=name, seconds=outcome.seconds)
         candidates: list[Document] = []
+        rejected: list[Skipped] = []
         for item in outcome.items:
             summary.fetched += 1
             if isinstance(item, Skipped):
@@ -214,9 +264,15 @@ class Crawler:
                 else:
                     summary.failed += 1
                     m.failed.labels(name, item.reason).inc()
+                    rejected.append(item)
                     log.warning("source=%s skipped item: %s: %s", name, item.reason, item.detail[:300])
             else:
                 candidates.append(item)
+        if outcome.error is not None:
+            # A whole response that could not be parsed: its body is a dead letter too.
+            whole = Skipped.from_error(name, outcome.error)
+            if whole is not None:
+                rejected.append(whole)
         m.fetched.labels(name).inc(summary.fetched)
 
         batch: list[tuple[Document, Verdict]] = []
@@ -278,6 +334,9 @@ class Crawler:
             level = logging.WARNING if isinstance(outcome.error, IngestError) else logging.ERROR
             log.log(level, "source=%s poll failed: %s", name, summary.error,
                     exc_info=not isinstance(outcome.error, IngestError))
+        if not self._dead_letter(name, rejected, summary):
+            delivery_failed = True
+
         if outcome.error is None and not delivery_failed:
             source.commit()
         else:

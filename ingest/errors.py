@@ -60,9 +60,19 @@ class HTTPStatusError(FetchError):
 
 
 class ParseError(IngestError):
-    """A response could not be parsed (malformed XML/JSON, undecodable bytes...)."""
+    """A response could not be parsed (malformed XML/JSON, undecodable bytes...).
+
+    ``raw`` (the response body) and ``url`` are set by the source that fetched it, so the
+    crawler can keep the body as a dead letter.
+    """
 
     reason = "parse"
+
+    def __init__(self, message: str, *, reason: str | None = None, raw: bytes | str | None = None,
+                 url: str | None = None):
+        super().__init__(message, reason=reason)
+        self.raw = raw
+        self.url = url
 
 
 class PublishError(IngestError):

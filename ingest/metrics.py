@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-EVENTS = ("fetched", "published", "duplicate", "near_duplicate", "failed")
+EVENTS = ("fetched", "published", "duplicate", "near_duplicate", "failed", "dead_lettered", "dead_letter_failed")
 
 
 class IngestMetrics:
@@ -23,9 +23,18 @@ class IngestMetrics:
         self.failed = Counter(
             "finpulse_ingest_failed", "Items or polls that failed (reason label).", ["source", "reason"], registry=self.registry
         )
+        self.dead_lettered = Counter(
+            "finpulse_ingest_dead_lettered", "Rejected items whose dead letter the broker acked (reason label).",
+            ["source", "reason"], registry=self.registry,
+        )
+        # Alert on this one: a dead letter that could not be delivered is the only place ingest loses data.
+        self.dead_letter_failed = Counter(
+            "finpulse_ingest_dead_letter_failed", "Dead letters not delivered even after retries (reason label).",
+            ["source", "reason"], registry=self.registry,
+        )
 
     def value(self, event: str, source: str, reason: str | None = None) -> float:
-        """Current value of a counter for a source (failed: one reason, or summed over reasons)."""
+        """Current value of a counter for a source (labelled by reason: one reason, or summed over reasons)."""
         total = 0.0
         for metric in getattr(self, event).collect():
             for sample in metric.samples:

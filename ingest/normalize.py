@@ -54,8 +54,11 @@ def normalize_text(value: str | None) -> str:
         value = html.unescape(value)
     if not value.isascii():  # ASCII is always NFC; skip the (costly) check for most tweets
         value = unicodedata.normalize("NFC", value)
-    value = _CONTROL.sub(" ", value)
-    return _WS.sub(" ", value).strip()
+    if not value.isprintable():  # control characters are never printable: most texts skip the regex
+        value = _CONTROL.sub(" ", value)
+    # str.split() splits on exactly what the regex \s matches (str.isspace) and drops the ends:
+    # the same result as _WS.sub(" ", value).strip(), ~4x faster on the replay hot path.
+    return " ".join(value.split())
 
 
 def content_key(title: str | None, text: str | None) -> str:
@@ -269,10 +272,14 @@ def url_id(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+_ID_CONTROL = re.compile(r"[\r\n\t\x00]")
+
+
 def native_id(source: str, value) -> str:
     """Stable document id from a source's own item id: ``source:native_id``."""
     text = str(value).strip()
-    text = re.sub(r"[\r\n\t\x00]", " ", text)
+    if not text.isprintable():  # \r \n \t \x00 are not printable: ordinary ids skip the regex
+        text = _ID_CONTROL.sub(" ", text)
     ident = f"{source}:{text}"
     if len(ident) > 512:  # the contract's limit; hash rather than truncate, so ids stay unique
         ident = f"{source}:sha256:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"

@@ -6,6 +6,10 @@ last (or first) event is "now", and published as fast as possible, at ``rate`` d
 second, or at ``speedup`` times the recorded pace.
 
 Delivery: at least once (failed sends are retried; the run fails loudly if they keep failing).
+Rows that cannot become documents (malformed line, no text, no or unparseable time, contract
+failure) are counted and published as dead letters with the raw row (as JSON; a malformed JSONL
+line as it was), also at least once: a dead letter still undelivered after retries fails the run
+(:class:`PublishError`) once every document is delivered.
 Ids are stable across runs (``source:id-column`` or a hash of time and text), so replaying the
 same file twice produces the same ids and idempotent consumers see no duplicates.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from finpulse.contract import ContractError, Document
+from ingest.deadletter import DeadLetter, DeadLetterSink
 from ingest.document import build_document, get_path
 from ingest.errors import ConfigError, PublishError
 from ingest.normalize import canonical_url, native_id, parse_datetime, utcnow
@@ -54,6 +59,8 @@ class ReplayStats:
     rows: int = 0
     published: int = 0
     invalid: Counter = field(default_factory=Counter)
+    dead_lettered: int = 0
+    dead_letter_failed: int = 0
     seconds: float = 0.0
     time_column: str | None = None
     shift: timedelta | None = None
@@ -72,7 +79,8 @@ class ReplayStats:
         reasons = ", ".join(f"{k}={v}" for k, v in self.invalid.most_common()) or "none"
         return (
             f"replayed {self.published} of {self.rows} rows in {self.seconds:.2f}s ({self.rate:,.0f} docs/s); "
-            f"rejected {self.rejected} ({reasons})"
+            f"rejected {self.rejected} ({reasons}); dead-lettered {self.dead_lettered}"
+            + (f", {self.dead_letter_failed} DEAD LETTER(S) NOT DELIVERED" if self.dead_letter_failed else "")
         )
 
 
@@ -100,9 +108,11 @@ def read_rows(path: Path | str, *, fmt: str | None = None) -> Iterator[dict[str,
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield {"__invalid__": f"line {lineno}: malformed JSON ({exc.msg})"}
+                    yield {"__invalid__": f"line {lineno}: malformed JSON ({exc.msg})", "__raw__": line.rstrip("\r\n")}
                     continue
-                yield value if isinstance(value, dict) else {"__invalid__": f"line {lineno}: not an object"}
+                if not isinstance(value, dict):
+                    value = {"__invalid__": f"line {lineno}: not an object", "__raw__": line.rstrip("\r\n")}
+                yield value
         else:
             raise ConfigError(f"unknown replay format {fmt!r} (csv or jsonl)")
 
@@ -138,16 +148,26 @@ def load_events(
     tz: tzinfo = timezone.utc,
     missing_time: Literal["skip", "now"] = "skip",
     stats: ReplayStats,
+    rejected: list[_Rejected] | None = None,
 ) -> list[Event]:
-    """Parse each row's time and return the events sorted by it (stable: ties keep file order)."""
+    """Parse each row's time and return the events sorted by it (stable: ties keep file order).
+
+    Rows left out are counted in ``stats.invalid`` and, with ``rejected``, appended to it.
+    """
     events: list[Event] = []
     time_column = columns.time
     now = utcnow()
+
+    def reject(reason: str, index: int, detail: str, row: dict[str, Any]) -> None:
+        stats.invalid[reason] += 1
+        if rejected is not None:
+            rejected.append(_Rejected(reason, f"row {index + 1}: {detail}", index, _raw_row(row)))
+
     for index, row in enumerate(rows):
         stats.rows += 1
         if "__invalid__" in row:
-            stats.invalid["malformed_row"] += 1
             log.debug("skipping %s", row["__invalid__"])
+            reject("malformed_row", index, row["__invalid__"], row)
             continue
         if time_column is None:
             time_column = guess_time_column(row.keys())
@@ -158,13 +178,16 @@ def load_events(
         if _value(row, columns.text) is None and _value(row, columns.title) is None:
             # Known unpublishable before the shift is computed, so "last event = now" refers to
             # a document that is actually published.
-            stats.invalid["no_text"] += 1
+            reject("no_text", index, f"text: empty (column {columns.text!r})", row)
             continue
         raw = _value(row, time_column)
         at = parse_datetime(raw, default_tz=tz) if raw is not None else None
         if at is None:
             if missing_time == "skip":
-                stats.invalid["no_time" if raw is None else "bad_time"] += 1
+                if raw is None:
+                    reject("no_time", index, f"time: empty (column {time_column!r})", row)
+                else:
+                    reject("bad_time", index, f"time: unparseable {str(raw)[:80]!r} (column {time_column!r})", row)
                 continue
             at = now  # "now": treated as arriving live, i.e. after every recorded event
             row = dict(row, __missing_time__=True)
@@ -299,8 +322,12 @@ def replay(
     max_in_flight: int = 100_000,
     progress: bool | None = None,
     workers: int = 1,
+    dead_letters: DeadLetterSink,
 ) -> ReplayStats:
-    """Publish the rows of ``path`` in event-time order; return counts. Raises PublishError if delivery fails."""
+    """Publish the rows of ``path`` in event-time order, rejected rows to ``dead_letters``; return counts.
+
+    Raises PublishError if documents or dead letters cannot be delivered after retries.
+    """
     stats = ReplayStats()
     started = time.perf_counter()
     rows = read_rows(path, fmt=fmt)
@@ -308,7 +335,21 @@ def replay(
         import itertools
 
         rows = itertools.islice(rows, limit)
-    events = load_events(rows, columns=columns, tz=tz, missing_time=missing_time, stats=stats)
+    rejected: list[_Rejected] = []
+    origin = Path(path).resolve().as_uri()
+
+    def dead_letter(batch: list[_Rejected]) -> None:
+        # Rejections are rare and small, so they go out in blocking batches; the rows stay in
+        # memory only until then.
+        letters = [DeadLetter(stage="replay", source=source, reason=r.reason.split(":", 1)[0], detail=r.example,
+                              raw=r.raw, url=f"{origin}#row={r.index + 1}") for r in batch]
+        result = dead_letters.publish(letters)
+        stats.dead_lettered += len(result.acked)
+        stats.dead_letter_failed += len(result.failed)
+        batch.clear()
+
+    events = load_events(rows, columns=columns, tz=tz, missing_time=missing_time, stats=stats, rejected=rejected)
+    dead_letter(rejected)
     shift = shift_for(events, anchor=anchor) if shift_to_now else None
     stats.shift = shift
     pacer = Pacer(rate=rate, speedup=speedup, first_event=events[0].at if events else None)
@@ -328,6 +369,9 @@ def replay(
             if isinstance(outcome, _Rejected):
                 stats.invalid[outcome.reason] += 1
                 examples.setdefault(outcome.reason, outcome.example)
+                rejected.append(outcome)
+                if len(rejected) >= 1_000:
+                    dead_letter(rejected)
                 continue
             sink.send(outcome)
             sent += 1
@@ -351,10 +395,14 @@ def replay(
                 )
         bar.update(len(events) - bar.n)
     finally:
+        dead_letter(rejected)  # also on the way out of an interrupted or failed run
         bar.close()
         stats.seconds = time.perf_counter() - started
     for reason, example in examples.items():
         log.warning("rejected rows (%s), e.g. %s", reason, example[:300])
+    if stats.dead_letter_failed:
+        raise PublishError(f"{stats.dead_letter_failed} dead letter(s) not delivered after retries; "
+                           f"{stats.line()}")
     return stats
 
 
@@ -371,8 +419,19 @@ class Encoded:
 
 @dataclass(frozen=True)
 class _Rejected:
+    """A row that is not published: ``reason`` for the stats, ``example`` its detail, ``raw`` the row as text."""
+
     reason: str
     example: str
+    index: int = -1
+    raw: str | None = None
+
+
+def _raw_row(row: dict[str, Any]) -> str:
+    """The row as it was read: a malformed JSONL line verbatim, else the row as JSON (without our markers)."""
+    if "__raw__" in row:
+        return row["__raw__"]
+    return json.dumps({k: v for k, v in row.items() if k != "__missing_time__"}, ensure_ascii=False, default=str)
 
 
 def _build_one(event: Event, params: dict) -> Document | _Rejected:
@@ -380,7 +439,7 @@ def _build_one(event: Event, params: dict) -> Document | _Rejected:
         return to_document(event, fetched_at=utcnow(), **params)
     except ContractError as exc:
         reason = "contract:" + ",".join(sorted({f for f, _ in exc.problems}))
-        return _Rejected(reason, f"row {event.index + 1}: {exc}")
+        return _Rejected(reason, f"row {event.index + 1}: {exc}", event.index, _raw_row(event.row))
 
 
 def _build_chunk(job: tuple[list[Event], dict]) -> list[tuple[datetime, Encoded | _Rejected]]:

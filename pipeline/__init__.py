@@ -1,0 +1,1 @@
+"""The Spark Structured Streaming job (Kafka -> models.Scorer -> Postgres). Not built yet."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,12 +27,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Skipped:
-    """An item that will not be published. ``duplicate`` ones are counted apart from failures."""
+    """An item that will not be published. ``duplicate`` ones are counted apart from failures.
+
+    Every other one becomes a dead letter, with ``raw`` (the raw item as text, or the response
+    body when a whole response failed) and ``url`` where they are known.
+    """
 
     source: str
     reason: str
     detail: str = ""
     duplicate: bool = False
+    raw: str | bytes | None = field(default=None, repr=False)
+    url: str | None = None
+
+    @classmethod
+    def from_error(cls, source: str, exc: BaseException) -> Skipped | None:
+        """The whole-response failure ``exc`` as a Skipped carrying its body, or None if it has none."""
+        raw = getattr(exc, "raw", None)
+        if raw is None:
+            return None
+        return cls(source, getattr(exc, "reason", None) or type(exc).__name__, str(exc), raw=raw,
+                   url=getattr(exc, "url", None))
 
 
 class Source(ABC):
@@ -83,6 +98,16 @@ class Source(ABC):
     # -- helpers --------------------------------------------------------------------------
     def skipped(self, reason: str, detail: str = "", *, duplicate: bool = False) -> Skipped:
         return Skipped(self.name, reason, detail, duplicate)
+
+    @staticmethod
+    def with_raw(outcome: Document | Skipped, raw: Any, url: str | None = None, *,
+                 as_json: bool = False) -> Document | Skipped:
+        """Attach the raw item (as text; dicts/lists, or anything with ``as_json``, as JSON) to a failure."""
+        if isinstance(outcome, Skipped) and not outcome.duplicate and outcome.raw is None:
+            from ingest.deadletter import raw_text
+
+            return replace(outcome, raw=raw_text(raw, as_json=as_json), url=outcome.url or url)
+        return outcome
 
     def document(self, *, fetched_at: datetime | None = None, **fields: Any) -> Document | Skipped:
         """Build a document with this source's defaults; a contract failure becomes a Skipped."""

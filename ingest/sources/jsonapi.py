@@ -68,19 +68,25 @@ class JsonApiSource(Source):
                     return
             else:
                 result = self.client.get(cfg.url, params=params, headers=cfg.header_values())
-            page = decode_json(result.content, result.charset)
+            try:
+                page = decode_json(result.content, result.charset)
+            except ParseError as exc:
+                exc.raw, exc.url = result.content, result.url  # the body goes to the dead letters
+                raise
             items = get_path(page, cfg.mapping.items)
             if items is None and cfg.mapping.items:
-                raise ParseError(f"no list at {cfg.mapping.items!r} on page {page_no + 1}", reason="malformed_json")
+                raise ParseError(f"no list at {cfg.mapping.items!r} on page {page_no + 1}", reason="malformed_json",
+                                 raw=result.content, url=result.url)
             if not isinstance(items, list):
                 raise ParseError(f"{cfg.mapping.items or 'body'!r} is a {type(items).__name__}, not a list",
-                                 reason="malformed_json")
+                                 reason="malformed_json", raw=result.content, url=result.url)
             for item in items:
                 try:
-                    yield self._item(item)
+                    outcome = self._item(item)
                 except Exception as exc:
                     log.warning("%s: item failed (%s: %s)", self.name, type(exc).__name__, exc)
-                    yield self.skipped("item_error", f"{type(exc).__name__}: {exc}")
+                    outcome = self.skipped("item_error", f"{type(exc).__name__}: {exc}")
+                yield self.with_raw(outcome, item, result.url, as_json=True)  # the item as the API sent it
             if pag.type == "cursor":
                 nxt = get_path(page, pag.cursor_path)
                 if nxt in (None, "", False) or str(nxt) in seen_cursors:

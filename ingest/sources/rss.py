@@ -29,6 +29,11 @@ def extract_article(content: bytes, *, url: str | None = None) -> str | None:
     return text.strip() if text and text.strip() else None
 
 
+def _entry_url(entry, base: str) -> str:
+    link = entry.get("link")
+    return urljoin(base, link) if isinstance(link, str) and link else base
+
+
 class RssSource(Source):
     """An RSS 0.9x/1.0/2.0 or Atom feed. Delivery: at least once; consumers must be idempotent.
 
@@ -50,17 +55,20 @@ class RssSource(Source):
             response_headers={"content-type": result.content_type or "application/xml", "content-location": result.url},
         )
         if feed.bozo and not feed.entries:
-            raise ParseError(f"malformed feed: {feed.get('bozo_exception')!s:.200}", reason="malformed_feed")
+            raise ParseError(f"malformed feed: {feed.get('bozo_exception')!s:.200}", reason="malformed_feed",
+                             raw=result.content, url=result.url)
         if feed.bozo:
             log.warning("%s: feed is not well-formed (%s); using the %d entries recovered",
                         self.name, feed.get("bozo_exception"), len(feed.entries))
         self._this_poll: set[str] = set()
         for entry in feed.entries[: cfg.max_items]:
             try:
-                yield self._entry(entry, base=result.url)
+                outcome = self._entry(entry, base=result.url)
             except Exception as exc:  # one odd entry never ends the poll
                 log.warning("%s: entry failed (%s: %s)", self.name, type(exc).__name__, exc)
-                yield self.skipped("item_error", f"{type(exc).__name__}: {exc}")
+                outcome = self.skipped("item_error", f"{type(exc).__name__}: {exc}")
+            # feedparser keeps no XML per entry: the parsed entry (as JSON) is the rawest item there is.
+            yield self.with_raw(outcome, entry, _entry_url(entry, result.url))
 
     def _entry(self, entry, *, base: str) -> Document | Skipped:
         fetched_at = utcnow()

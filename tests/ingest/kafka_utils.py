@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from kafka import KafkaConsumer, TopicPartition
 
 from finpulse.contract import Document, validate_document
 
 
-def consume_all(settings, topic: str) -> list[tuple[bytes, Document]]:
-    """Every (key, document) in ``topic`` now; deterministic, because it reads to the end offsets."""
+def consume_raw(settings, topic: str) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) in ``topic`` now; deterministic, because it reads to the end offsets."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
@@ -21,7 +24,7 @@ def consume_all(settings, topic: str) -> list[tuple[bytes, Document]]:
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        out: list[tuple[bytes, Document]] = []
+        out: list[tuple[bytes, bytes]] = []
         remaining = {tp for tp in partitions if end[tp] > 0}
         while remaining:
             batch = consumer.poll(timeout_ms=5_000)
@@ -30,9 +33,19 @@ def consume_all(settings, topic: str) -> list[tuple[bytes, Document]]:
             for tp, records in batch.items():
                 for record in records:
                     if record.offset < end[tp]:
-                        out.append((record.key, validate_document(record.value)))
+                        out.append((record.key, record.value))
                 if consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
         return out
     finally:
         consumer.close()
+
+
+def consume_all(settings, topic: str) -> list[tuple[bytes, Document]]:
+    """Every (key, document) in ``topic`` now, each validated against the contract."""
+    return [(key, validate_document(value)) for key, value in consume_raw(settings, topic)]
+
+
+def consume_dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every (key, parsed JSON envelope) in a dead-letter topic now."""
+    return [(key, json.loads(value)) for key, value in consume_raw(settings, topic)]

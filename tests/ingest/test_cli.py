@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from finpulse.cli import main
 
 from tests.ingest import feeds
-from tests.ingest.kafka_utils import consume_all
+from tests.ingest.kafka_utils import consume_all, consume_dead_letters
 
 CSV = """id,created_at,text,cashtags
 3,2020-04-09 00:00:30+00:00,third $AAPL,$AAPL
@@ -30,10 +30,18 @@ def test_replay_into_broker(stack, unique_topic, tmp_path):
     result = CliRunner().invoke(
         main,
         ["ingest", "replay", str(path), "--topic", unique_topic, "--id-column", "id", "--ticker-column", "cashtags",
-         "--source", "tw", "--lang", "en", "--shift-to-now", "--rate", "1000", "--no-progress"],
+         "--source", "tw", "--lang", "en", "--shift-to-now", "--rate", "1000", "--no-progress",
+         "--dead-letter-topic", f"{unique_topic}.dead"],
     )
     assert result.exit_code == 0, result.output
     assert "replayed 3 of 4 rows" in result.output and "no_time=1" in result.output
+    assert "dead-lettered 1" in result.output
+    [(key, letter)] = consume_dead_letters(stack, f"{unique_topic}.dead")
+    assert key == b"tw"
+    assert (letter["stage"], letter["reason"], letter["detail"]) == ("replay", "no_time",
+                                                                     "row 4: time: empty (column 'created_at')")
+    assert letter["raw"] == '{"id": "4", "created_at": "", "text": "no time", "cashtags": ""}'
+    assert letter["url"] == path.resolve().as_uri() + "#row=4"
     docs = [doc for _, doc in consume_all(stack, unique_topic)]
     assert sorted(d.id for d in docs) == ["tw:1", "tw:2", "tw:3"]
     by_id = {d.id: d for d in docs}
@@ -50,7 +58,7 @@ def test_replay_shared_tweets_into_broker(stack, unique_topic, shared_data):
     result = CliRunner().invoke(
         main,
         ["ingest", "replay", str(path), "--topic", unique_topic, "--id-column", "id", "--ticker-column", "cashtags",
-         "--lang", "none", "--no-progress", "--partitions", "1"],
+         "--lang", "none", "--no-progress", "--partitions", "1", "--dead-letter-topic", f"{unique_topic}.dead"],
     )
     assert result.exit_code == 0, result.output
     docs = [doc for _, doc in consume_all(stack, unique_topic)]
@@ -65,11 +73,14 @@ def test_crawl_once_into_broker(stack, unique_topic, http_server, tmp_path, monk
     config_path = tmp_path / "sources.yaml"
     config_path.write_text(yaml.safe_dump(feeds.crawler_config(http_server.base, good_only=True)))
     args = ["ingest", "crawl", "--config", str(config_path), "--once", "--topic", unique_topic,
-            "--state-dir", str(tmp_path / "state")]
+            "--dead-letter-topic", f"{unique_topic}.dead", "--state-dir", str(tmp_path / "state")]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     count = len(consume_all(stack, unique_topic))
     assert count == 13  # wire 7 + boerse 2 + forum 4 (see test_crawler.expected_first_poll)
+    dead = sorted((key, env["reason"]) for key, env in consume_dead_letters(stack, f"{unique_topic}.dead"))
+    assert dead == [(b"forum", "contract"), (b"forum", "item_not_object"), (b"forum", "no_url_or_id"),
+                    (b"wire", "empty"), (b"wire", "no_url_or_id")]
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0, second.output
     assert len(consume_all(stack, unique_topic)) == count
@@ -118,6 +129,7 @@ def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, h
     finpulse = Path(sys.executable).with_name("finpulse")
     proc = subprocess.Popen(
         [str(finpulse), "ingest", "crawl", "--config", str(config_path), "--topic", unique_topic,
+         "--dead-letter-topic", f"{unique_topic}.dead",
          "--state-dir", str(tmp_path / "state"), "--metrics-port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -141,5 +153,6 @@ def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, h
     assert proc.returncode == 0, output
     assert "crawler stopped" in output
     assert "poll source=forum fetched=7 published=4" in output  # the one-line summary per poll
+    assert "failed=3 dead_lettered=3" in output
     assert "poll source=forum fetched=7 published=0 duplicate=4" in output
     assert len(consume_all(stack, unique_topic)) == 13

@@ -11,6 +11,7 @@ import pytest
 
 from ingest.config import parse_config
 from ingest.crawler import Crawler
+from ingest.deadletter import MemoryDeadLetterSink
 from ingest.metrics import IngestMetrics
 from ingest.normalize import canonical_url, url_id
 from ingest.producer import MemorySink
@@ -26,9 +27,10 @@ def site(http_server, monkeypatch):
     return http_server
 
 
-def make_crawler(site, state_dir, sink, *, good_only=False, metrics=None):
+def make_crawler(site, state_dir, sink, *, good_only=False, metrics=None, dead_letters=None):
     config = parse_config(feeds.crawler_config(site.base, good_only=good_only))
-    return Crawler(config=config, sink=sink, store=SeenStore(state_dir / "seen.sqlite3"), metrics=metrics)
+    return Crawler(config=config, sink=sink, dead_letters=dead_letters or MemoryDeadLetterSink(),
+                   store=SeenStore(state_dir / "seen.sqlite3"), metrics=metrics)
 
 
 def uid(site, path):
@@ -90,9 +92,19 @@ def check_first_poll_documents(site, docs):
 def test_crawl_publishes_each_story_once_and_survives_bad_input(site, tmp_path):
     sink = MemorySink()
     metrics = IngestMetrics()
-    with make_crawler(site, tmp_path, sink, metrics=metrics) as crawler:
+    dead = MemoryDeadLetterSink()
+    with make_crawler(site, tmp_path, sink, metrics=metrics, dead_letters=dead) as crawler:
         summaries = {s.source: s for s in crawler.run_once()}
         published = [d.id for d in sink.documents]
+        # every failed item and unparseable body is a dead letter; fetch failures (no body) and duplicates are not
+        assert sorted((e["source"], e["reason"]) for e in dead.envelopes) == [
+            ("broken-json", "malformed_json"), ("forum", "contract"), ("forum", "item_not_object"),
+            ("forum", "no_url_or_id"), ("garbage", "malformed_feed"), ("latin1-json", "encoding"),
+            ("wire", "empty"), ("wire", "no_url_or_id"),
+        ]
+        garbage = next(e for e in dead.envelopes if e["source"] == "garbage")
+        assert garbage["raw"] == "\x00\x01 this is {{ not xml" and garbage["url"] == site.url("/feeds/garbage.rss")
+        assert metrics.value("dead_lettered", "forum") == 3
         assert sorted(published) == sorted(expected_first_poll(site))
         assert len(published) == len(set(published))
         check_first_poll_documents(site, sink.documents)
@@ -200,3 +212,25 @@ def test_an_error_while_processing_one_poll_does_not_end_the_daemon(site, tmp_pa
         internal = sum(crawler.metrics.value("failed", s.name, "internal") for s in crawler.sources)
         assert internal == 1
     assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
+
+
+def test_undelivered_dead_letters_are_counted_and_retried_next_poll(site, tmp_path):
+    # The dead-letter sink fails for good on the first poll: the crawler carries on, counts the
+    # loss, and does not store the feed's validators, so the next poll meets the bad items again.
+    dead = MemoryDeadLetterSink(fail_next=10_000)
+    dead.sink.retries = 0
+    metrics = IngestMetrics()
+    sink = MemorySink()
+    with make_crawler(site, tmp_path, sink, good_only=True, metrics=metrics, dead_letters=dead) as crawler:
+        first = {s.source: s for s in crawler.run_once()}
+        assert first["wire"].published == 7 and first["wire"].dead_lettered == 0
+        assert metrics.value("dead_letter_failed", "wire") == 2 and metrics.value("dead_letter_failed", "forum") == 3
+        dead.sink.fail_next = 0
+        second = {s.source: s for s in crawler.run_once()}
+    assert site.hits("/feeds/news.rss")[-1].headers.get("if-none-match") is None  # no 304 hid the bad items
+    assert second["wire"].dead_lettered == 2 and second["forum"].dead_lettered == 3
+    assert sorted((e["source"], e["reason"]) for e in dead.envelopes) == [
+        ("forum", "contract"), ("forum", "item_not_object"), ("forum", "no_url_or_id"),
+        ("wire", "empty"), ("wire", "no_url_or_id"),
+    ]
+    assert len(sink.documents) == len(expected_first_poll(site))  # documents were not published twice

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from ingest.deadletter import MemoryDeadLetterSink
 from ingest.errors import ConfigError
 from ingest.producer import MemorySink
 from ingest.replay import Columns, Pacer, replay
@@ -26,10 +27,11 @@ def csv_file(tmp_path):
     return path
 
 
-def _run(path, **kw):
+def _run(path, *, dead_letters=None, **kw):
     sink = MemorySink()
     kw.setdefault("columns", Columns(id="id", ticker="cashtags"))
-    stats = replay(path, sink=sink, source="tw", detect_lang=False, **kw)
+    stats = replay(path, sink=sink, source="tw", detect_lang=False, dead_letters=dead_letters or MemoryDeadLetterSink(),
+                   **kw)
     return sink.documents, stats
 
 
@@ -43,6 +45,34 @@ def test_event_time_order_and_rejections(csv_file):
     assert docs[3].tickers == ["AAPL"]
     assert docs[0].published_at == datetime(2020, 4, 9, 0, 0, 10, tzinfo=timezone.utc)
     assert docs[0].extra["published_at_raw"] == "2020-04-09 00:00:10+00:00"
+
+
+def test_rejected_rows_become_dead_letters_with_the_raw_row(csv_file):
+    dead = MemoryDeadLetterSink()
+    docs, stats = _run(csv_file, dead_letters=dead)
+    assert stats.dead_lettered == 2 and stats.dead_letter_failed == 0 and "dead-lettered 2" in stats.line()
+    uri = csv_file.resolve().as_uri()
+    row4 = '{"id": "4", "created_at": "", "text": "no time at all", "cashtags": ""}'
+    row6 = '{"id": "6", "created_at": "2020-04-09 00:00:40+00:00", "text": "   ", "cashtags": ""}'
+    got = [{k: v for k, v in env.items() if k != "at"} for env in dead.envelopes]
+    assert got == [
+        {"stage": "replay", "source": "tw", "reason": "no_time", "detail": "row 4: time: empty (column 'created_at')",
+         "raw": row4, "raw_truncated": False, "raw_bytes": len(row4), "url": f"{uri}#row=4"},
+        {"stage": "replay", "source": "tw", "reason": "no_text", "detail": "row 6: text: empty (column 'text')",
+         "raw": row6, "raw_truncated": False, "raw_bytes": len(row6), "url": f"{uri}#row=6"},
+    ]
+    assert all(datetime.fromisoformat(env["at"]).tzinfo is not None for env in dead.envelopes)
+
+
+def test_undeliverable_dead_letters_fail_the_run_after_the_documents(csv_file):
+    from ingest.errors import PublishError
+
+    dead = MemoryDeadLetterSink(fail_next=1_000)
+    dead.sink.retries = 1
+    sink = MemorySink()
+    with pytest.raises(PublishError, match="2 dead letter"):
+        replay(csv_file, sink=sink, source="tw", detect_lang=False, columns=Columns(id="id"), dead_letters=dead)
+    assert len(sink.documents) == 4  # the good rows were still published
 
 
 def test_missing_time_now_publishes_last(csv_file):
@@ -78,10 +108,16 @@ def test_jsonl_with_dotted_paths_and_bad_lines(tmp_path):
         json.dumps([1, 2]),
     ]
     path.write_text("\n".join(lines) + "\n")
-    docs, stats = _run(path, columns=Columns(text="body.text", time="meta.ts", id="id"))
+    dead = MemoryDeadLetterSink()
+    docs, stats = _run(path, columns=Columns(text="body.text", time="meta.ts", id="id"), dead_letters=dead)
     assert [d.id for d in docs] == ["tw:y", "tw:x"]
     assert docs[1].tickers == ["NVDA"]
     assert stats.invalid == {"malformed_row": 2}
+    # the malformed lines verbatim, not re-encoded
+    assert [(e["reason"], e["detail"], e["raw"]) for e in dead.envelopes] == [
+        ("malformed_row", "row 2: line 2: malformed JSON (Expecting property name enclosed in double quotes)", "{not json"),
+        ("malformed_row", "row 4: line 4: not an object", "[1, 2]"),
+    ]
 
 
 def test_time_column_guess_and_missing_text_column(csv_file, tmp_path):
@@ -136,3 +172,10 @@ def test_worker_processes_give_the_same_stream(csv_file, tmp_path):
     assert [wire(d) for d in two] == [wire(d) for d in one]
     assert stats_two.invalid == stats_one.invalid == {"contract:text": 1}
     assert stats_two.published == stats_one.published == 5_000
+
+    dead = MemoryDeadLetterSink()  # a contract failure built in a worker process keeps its raw row
+    _run(big, columns=Columns(id="id"), workers=2, dead_letters=dead)
+    [env] = dead.envelopes
+    assert env["reason"] == "contract" and env["detail"].startswith("row 5001: text: String should have at most")
+    assert env["raw_bytes"] > 1_000_001 and env["raw_truncated"] is True
+    assert env["raw"].startswith('{"id": "9999", "created_at": "2020-04-09 00:00:00+00:00", "text": "xxxx')
