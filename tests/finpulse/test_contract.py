@@ -68,6 +68,7 @@ def test_comment_with_parent_and_minimal_fields():
         ({"sentiment": "positive"}, "sentiment", "unknown field"),
         ({"text": "", "title": None}, "document", "non-empty text or title"),
         ({"parent_id": "reuters:abc123"}, "document", "parent_id must differ"),
+        ({"extra": {"when": {1, 2}}}, "extra.when", "not a valid JSON value"),
     ],
 )
 def test_rejects_each_kind_of_bad_document_with_a_precise_message(overrides, field, fragment):
