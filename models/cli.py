@@ -48,22 +48,22 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
                   batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, seed, val_fraction,
                   evals_per_epoch, patience, limit, threads, no_progress) -> None:
     """Train the two-head model and write it (LoRA adapter or encoder, heads, config) to --out."""
-    from models import data
+    from models import corpus
     from models.network import DEFAULT_BASE
     from models.train import TrainConfig, train
 
     if sentiment_data is not None:
-        sentiment_frames = [data.labelled_frame(sentiment_data, text_column=text_column, label_column=label_column,
-                                                task="sentiment", label_map=data.parse_label_map(label_map))]
+        sentiment_frames = [corpus.labelled_frame(sentiment_data, text_column=text_column, label_column=label_column,
+                                                task="sentiment", label_map=corpus.parse_label_map(label_map))]
         source = f"user: {sentiment_data.name}"
     else:
-        sentiment_frames, source = data.default_sentiment_frames(), "bundled: tweets sentiment + SEntFiN headlines"
-    topic_frames = data.default_topic_frames()
+        sentiment_frames, source = corpus.default_sentiment_frames(), "bundled: tweets sentiment + SEntFiN headlines"
+    topic_frames = corpus.default_topic_frames()
     if limit:
         sentiment_frames = [f.sample(n=min(limit, len(f)), random_state=seed) for f in sentiment_frames]
         topic_frames = [f.sample(n=min(limit, len(f)), random_state=seed) for f in topic_frames]
-    sentiment = data.build_split("sentiment", sentiment_frames, val_fraction=val_fraction, seed=seed)
-    topic = data.build_split("topic", topic_frames, val_fraction=val_fraction, seed=seed)
+    sentiment = corpus.build_split("sentiment", sentiment_frames, val_fraction=val_fraction, seed=seed)
+    topic = corpus.build_split("topic", topic_frames, val_fraction=val_fraction, seed=seed)
     config = TrainConfig(
         out=out, mode=mode, base=base or DEFAULT_BASE, seed=seed, val_fraction=val_fraction, max_length=max_length,
         batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr_encoder=lr_encoder, lr_heads=lr_heads,
@@ -75,3 +75,138 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
                for task, m in result.metrics.items()}
     click.echo(json.dumps({"out": str(result.out), "model_version": result.version,
                            "seconds": round(result.seconds, 1), "validation": summary}, indent=2))
+
+
+def _print_report(report: dict, *, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{title}: n={report['n']}  accuracy={report['accuracy']:.4f}  "
+                        f"macro-F1={report['macro_f1']:.4f}")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("")
+    for name in report["labels"]:
+        matrix.add_column(name[:10], justify="right")
+    for name, row in zip(report["labels"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *map(str, row))
+    console.print(matrix)
+
+
+@cli.command("eval")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--task", type=click.Choice(["sentiment", "topic"]), default="sentiment", show_default=True)
+@click.option("--label-map", default=None, help='Raw label -> name, e.g. "0=negative,1=positive,2=neutral".')
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model folder (default: FINPULSE_MODEL_DIR or the shipped model).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the metrics here as JSON.")
+@click.option("--threads", type=int, default=None)
+def eval_command(data_path, text_column, label_column, task, label_map, model_dir, json_out, threads) -> None:
+    """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix of one head on a labelled file."""
+    from models import corpus
+    from models.metrics import classification_report
+    from models.scorer import Scorer
+
+    _threads(threads)
+    frame = corpus.labelled_frame(data_path, text_column=text_column, label_column=label_column, task=task,
+                                label_map=corpus.parse_label_map(label_map))
+    scorer = Scorer.load(model_dir)
+    predictions = scorer.score(frame["text"].tolist())
+    predicted = [getattr(p, task) for p in predictions]
+    keep = [i for i, p in enumerate(predicted) if p is not None]  # empty texts were dropped by labelled_frame
+    report = classification_report([frame["label"][i] for i in keep], [predicted[i] for i in keep],
+                                   labels=scorer.labels[task])
+    report.update({"task": task, "data": str(data_path), "model_version": scorer.version})
+    _print_report(report, title=f"{task} on {data_path.name}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command("predict")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A .csv or .jsonl file.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV to write.")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model folder (default: FINPULSE_MODEL_DIR or the shipped model).")
+@click.option("--explain", is_flag=True, help="Add an `evidence` column: top words behind the sentiment.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=None)
+def predict_command(input_path, text_column, output, model_dir, explain, batch_size, threads) -> None:
+    """Score every row of a file; writes the input columns plus the prediction columns."""
+    import pandas as pd
+
+    from models.corpus import read_table
+    from models.scorer import PREDICTION_COLUMNS, Scorer
+
+    _threads(threads)
+    table = read_table(input_path)
+    if text_column not in table.columns:
+        raise click.UsageError(f"{input_path} has no column {text_column!r}; columns: {list(table.columns)}")
+    # Input columns that share a name with an output column keep their values under input_<name>.
+    table = table.rename(columns={c: f"input_{c}" for c in table.columns if c in PREDICTION_COLUMNS + ["evidence"]})
+    text_column = f"input_{text_column}" if text_column in PREDICTION_COLUMNS else text_column
+    texts = [t if isinstance(t, str) else None for t in table[text_column].tolist()]
+    scorer = Scorer.load(model_dir, batch_size=batch_size)
+    scored = scorer.score_frame(texts)
+    if explain:
+        from models.explain import explain as explain_texts, format_evidence
+
+        scored["evidence"] = [format_evidence(e) for e in explain_texts(scorer, texts)]
+    result = pd.concat([table.reset_index(drop=True), scored], axis=1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(output, index=False)
+    counts = result["sentiment"].value_counts(dropna=False).to_dict()
+    click.echo(f"wrote {len(result)} rows to {output} ({scorer.version}); sentiment counts {counts}")
+
+
+@cli.command("split")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+def split_command(out, seed, val_fraction) -> None:
+    """Write the bundled data's train/validation split (as training carves it) to CSV files."""
+    from models import corpus
+
+    out.mkdir(parents=True, exist_ok=True)
+    for task, frames in (("sentiment", corpus.default_sentiment_frames()), ("topic", corpus.default_topic_frames())):
+        split = corpus.build_split(task, frames, val_fraction=val_fraction, seed=seed)
+        for part in ("train", "val"):
+            path = out / f"{task}_{part}.csv"
+            getattr(split, part).to_csv(path, index=False)
+            click.echo(f"{path}: {len(getattr(split, part))} rows")
+
+
+@cli.command("baselines")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--threads", type=int, default=None)
+def baselines_command(json_out, seed, val_fraction, threads) -> None:
+    """VADER and the frozen base + logistic-regression head, on the bundled validation split."""
+    from models import baselines, corpus
+
+    _threads(threads)
+    sentiment = corpus.build_split("sentiment", corpus.default_sentiment_frames(), val_fraction=val_fraction, seed=seed)
+    topic = corpus.build_split("topic", corpus.default_topic_frames(), val_fraction=val_fraction, seed=seed)
+    results = {
+        "vader": {"sentiment": baselines.vader_report(sentiment)},
+        "frozen_base_logreg": {"sentiment": baselines.frozen_report(sentiment),
+                               "topic": baselines.frozen_report(topic)},
+    }
+    for name, tasks in results.items():
+        for task, report in tasks.items():
+            _print_report(report, title=f"{name} / {task}")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(f"wrote {json_out}")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.data import normalize_text
+from models.corpus import normalize_text
 from models.network import LoadedModel, MultiHeadEncoder, bf16_supported, load_model
 
 # A token is rarely shorter than one character and usually 4+, so this many characters per

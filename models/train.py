@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.data import TASKS, Split, normalize_text
+from models.corpus import TASKS, Split, normalize_text
 from models.metrics import classification_report, expected_calibration_error, fit_temperature
 from models.network import DEFAULT_BASE, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported, new_network, save_model
 from models.scorer import autocast_context, batched_logits
@@ -100,25 +100,28 @@ def _batches(lengths: np.ndarray, *, batch_size: int, rng: np.random.Generator) 
 
 
 def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, config: TrainConfig,
-             device: torch.device, bf16: bool, temperature: dict[str, float] | None = None) -> tuple[dict, dict]:
-    """Validation metrics per head, and the raw validation logits (for temperature fitting)."""
+             device: torch.device, bf16: bool) -> dict[str, torch.Tensor]:
+    """Validation logits per head, in the order of ``split.val``."""
     network.eval()
-    metrics, logits_by_task = {}, {}
+    logits_by_task = {}
     for task, split in splits.items():
-        names = list(TASKS[task])
         texts = [normalize_text(t) for t in split.val["text"]]
-        logits = batched_logits(network, tokenizer, texts, max_length=config.max_length, batch_size=128,
-                                device=device, bf16=bf16)[0][task]
-        predicted = [names[i] for i in logits.argmax(1).tolist()]
-        report = classification_report(split.val["label"].tolist(), predicted, labels=names)
-        targets = np.array([names.index(x) for x in split.val["label"]])
-        t = (temperature or {}).get(task, 1.0)
-        probs = torch.softmax(logits / t, -1).numpy()
-        report["nll"] = float(torch.nn.functional.cross_entropy(logits / t, torch.from_numpy(targets)))
-        report["ece"] = expected_calibration_error(probs, targets)
-        metrics[task], logits_by_task[task] = report, logits
+        logits_by_task[task] = batched_logits(network, tokenizer, texts, max_length=config.max_length,
+                                              batch_size=128, device=device, bf16=bf16)[0][task]
     network.train()
-    return metrics, logits_by_task
+    return logits_by_task
+
+
+def report(task: str, logits: torch.Tensor, split: Split, *, temperature: float = 1.0) -> dict:
+    """Classification report of one head on its validation split, plus NLL and ECE at ``temperature``."""
+    names = list(TASKS[task])
+    targets = torch.tensor([names.index(x) for x in split.val["label"]])
+    predicted = [names[i] for i in logits.argmax(1).tolist()]
+    result = classification_report(split.val["label"].tolist(), predicted, labels=names)
+    scaled = logits / temperature
+    result["nll"] = float(torch.nn.functional.cross_entropy(scaled, targets))
+    result["ece"] = expected_calibration_error(torch.softmax(scaled, -1).numpy(), targets.numpy())
+    return result
 
 
 def _score(metrics: dict) -> float:
@@ -175,13 +178,44 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
     eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
     rng = np.random.default_rng(config.seed)
 
-    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
-    best = {"score": -1.0, "state": None, "step": 0, "metrics": None}
+    best = {"score": -1.0, "step": 0}
     history: list[dict] = []
-    stale = 0
-    step = 0
-    bar = tqdm(total=total_steps, desc=f"train ({config.mode})", disable=not config.progress, dynamic_ncols=True)
+    stale = step = 0
     running = None
+    bar = tqdm(total=total_steps, desc=f"train ({config.mode})", disable=not config.progress, dynamic_ncols=True)
+
+    def checkpoint() -> dict:
+        """Evaluate; on a new best, calibrate and save, so --out always holds the best model so far."""
+        nonlocal best, stale
+        logits = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16)
+        metrics = {task: report(task, value, splits[task]) for task, value in logits.items()}
+        score = _score(metrics)
+        entry = {"step": step, "epoch": round(step / steps_per_epoch, 2), "loss": running, "score": score,
+                 **{f"{t}_macro_f1": m["macro_f1"] for t, m in metrics.items()},
+                 **{f"{t}_accuracy": m["accuracy"] for t, m in metrics.items()}}
+        history.append(entry)
+        log.info("eval %s", entry)
+        bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        if score <= best["score"]:
+            stale += 1
+            return best
+        stale = 0
+        temperature = {task: 1.0 for task in labels}
+        for task, value in logits.items():
+            y = torch.tensor([list(TASKS[task]).index(x) for x in splits[task].val["label"]])
+            temperature[task] = fit_temperature(value, y)
+        calibrated = {task: report(task, value, splits[task], temperature=temperature[task])
+                      for task, value in logits.items()}
+        seconds = time.monotonic() - started
+        model_config = _model_config(config, labels=labels, temperature=temperature, metrics=calibrated,
+                                     history=history, extra={"best_step": step, "seconds": round(seconds, 1),
+                                     "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
+                                     "train_rows": {t: len(s.train) for t, s in splits.items()},
+                                     "val_rows": {t: len(s.val) for t, s in splits.items()}})
+        version = save_model(network, out=Path(config.out), config=model_config)
+        (Path(config.out) / "val_metrics.json").write_text(json.dumps(calibrated, indent=2) + "\n")
+        return {"score": score, "step": step, "metrics": calibrated, "version": version}
+
     done = False
     for epoch in range(config.epochs):
         for batch_index in _batches(lengths, batch_size=config.batch_size, rng=rng):
@@ -204,20 +238,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
             bar.set_postfix(loss=f"{running:.3f}", epoch=epoch + 1, best=f"{max(best['score'], 0):.3f}")
             last = step >= total_steps
             if step % eval_every == 0 or last:
-                metrics, _ = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16)
-                score = _score(metrics)
-                entry = {"step": step, "epoch": epoch + 1, "loss": running, "score": score,
-                         **{f"{t}_macro_f1": m["macro_f1"] for t, m in metrics.items()},
-                         **{f"{t}_accuracy": m["accuracy"] for t, m in metrics.items()}}
-                history.append(entry)
-                log.info("eval %s", entry)
-                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-                if score > best["score"]:
-                    best = {"score": score, "step": step, "metrics": metrics,
-                            "state": {n: p.detach().clone() for n, p in network.named_parameters() if n in trainable}}
-                    stale = 0
-                else:
-                    stale += 1
+                best = checkpoint()
                 if stale >= config.patience:
                     bar.write(f"early stop: no better validation macro-F1 for {stale} evaluations")
                     done = True
@@ -227,23 +248,17 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
         if done:
             break
     bar.close()
-
-    # Back to the best checkpoint, then calibrate each head on the validation logits.
-    with torch.no_grad():
-        for name, param in network.named_parameters():
-            if name in best["state"]:
-                param.copy_(best["state"][name])
-    _, val_logits = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16)
-    temperature = {task: 1.0 for task in labels}
-    for task, logits in val_logits.items():
-        y = torch.tensor([list(TASKS[task]).index(x) for x in splits[task].val["label"]])
-        temperature[task] = fit_temperature(logits, y)
-    metrics, _ = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16,
-                          temperature=temperature)
     seconds = time.monotonic() - started
+    return TrainResult(out=Path(config.out), version=best["version"], metrics=best["metrics"], seconds=seconds,
+                       history=history)
+
+
+def _model_config(config: TrainConfig, *, labels: dict, temperature: dict, metrics: dict, history: list,
+                  extra: dict) -> dict:
+    """The config.json of a model folder: what inference needs, and the record of how it was made."""
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
               if k not in ("out", "progress", "threads")}
-    model_config = {
+    return {
         "name": MODEL_NAME,
         "base_model": config.base,
         "mode": config.mode,
@@ -253,16 +268,10 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
         "labels": labels,
         "temperature": temperature,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "train": {**record, "best_step": best["step"], "steps": step, "seconds": round(seconds, 1),
-                  "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
-                  "train_rows": {t: len(s.train) for t, s in splits.items()},
-                  "val_rows": {t: len(s.val) for t, s in splits.items()}},
+        "train": {**record, **extra},
         "metrics": {"validation": _summary(metrics)},
-        "history": history,
+        "history": list(history),
     }
-    version = save_model(network, out=Path(config.out), config=model_config)
-    (Path(config.out) / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(out=Path(config.out), version=version, metrics=metrics, seconds=seconds, history=history)
 
 
 def _summary(metrics: dict) -> dict:

@@ -1,0 +1,38 @@
+"""Fixtures for the model tests: the shipped scorer (loaded once) and a tiny trained model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.network import SHIPPED_DIR
+
+# The machine is shared and small; two threads is what every model test assumes.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shipped_scorer():
+    from models.scorer import Scorer
+
+    if not (SHIPPED_DIR / "config.json").is_file():
+        pytest.fail(f"no shipped model in {SHIPPED_DIR}: run `finpulse model train --out {SHIPPED_DIR}`")
+    return Scorer.load(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A model trained end to end in seconds on a small sample of the bundled data."""
+    from models import corpus
+    from models.train import TrainConfig, train
+
+    def sample(frames, n):
+        return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
+
+    sentiment = corpus.build_split("sentiment", sample(corpus.default_sentiment_frames(), 120), val_fraction=0.2, seed=1)
+    topic = corpus.build_split("topic", sample(corpus.default_topic_frames(), 12), val_fraction=0.2, seed=1)
+    out = tmp_path_factory.mktemp("tiny-model")
+    config = TrainConfig(out=out, mode="lora", max_length=32, batch_size=32, epochs=3, max_steps=60,
+                         evals_per_epoch=1, patience=10, progress=False, seed=3)
+    result = train(config, sentiment=sentiment, topic=topic)
+    return result, sentiment, topic

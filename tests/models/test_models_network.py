@@ -1,0 +1,79 @@
+"""Save/load round trips and the model version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.corpus import TASKS
+from models.network import CONFIG_FILE, load_model, model_version, new_network, save_model
+
+LABELS = {task: list(names) for task, names in TASKS.items()}
+TEXTS = ["Shares plunge after the company misses earnings", "Fed holds rates steady", "Record profit lifts stock"]
+
+
+def _perturbed(mode: str):
+    """A fresh network with every trainable weight nudged, so LoRA's zero-initialised B matters."""
+    network, tokenizer = new_network(base="sentence-transformers/all-MiniLM-L6-v2", labels=LABELS, mode=mode,
+                                     lora_r=4, lora_alpha=8)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in network.parameters():
+            if param.requires_grad and mode == "lora":
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    if mode == "full":
+        with torch.no_grad():
+            for head in network.heads.values():
+                head.weight.add_(torch.randn(head.weight.shape, generator=generator))
+    return network.eval(), tokenizer
+
+
+def _probs(network, tokenizer):
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = network(batch["input_ids"], batch["attention_mask"])
+    return {task: torch.softmax(value, -1) for task, value in logits.items()}
+
+
+def _config(mode: str) -> dict:
+    return {"name": "test", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "mode": mode,
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "key", "value", "dense"]} if mode == "lora" else None,
+            "max_length": 32, "labels": LABELS, "temperature": {"sentiment": 1.0, "topic": 1.0}}
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_save_load_round_trip_gives_the_same_probabilities(tmp_path, mode):
+    network, tokenizer = _perturbed(mode)
+    before = _probs(network, tokenizer)
+    version = save_model(network, out=tmp_path, config=_config(mode))
+    loaded = load_model(tmp_path)
+    after = _probs(loaded.network, loaded.tokenizer)
+    assert loaded.version == version
+    for task in LABELS:
+        # LoRA is merged into the base weights at load time: same function, float rounding apart.
+        torch.testing.assert_close(after[task], before[task], atol=1e-5, rtol=0)
+        assert torch.equal(after[task].argmax(-1), before[task].argmax(-1))
+    # Loading twice is bit-for-bit identical.
+    again = _probs(load_model(tmp_path).network, loaded.tokenizer)
+    for task in LABELS:
+        assert torch.equal(again[task], after[task])
+
+
+def test_version_changes_with_weights_and_temperature_but_not_metrics(tmp_path):
+    network, _ = _perturbed("lora")
+    config = _config("lora")
+    first = save_model(network, out=tmp_path, config=config)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "metrics": {"anything": 1}}))
+    assert model_version(tmp_path) == first
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "temperature": {"sentiment": 2.0, "topic": 1.0}}))
+    assert model_version(tmp_path) != first
+    with torch.no_grad():
+        network.heads["sentiment"].bias.add_(1.0)
+    assert save_model(network, out=tmp_path, config=config) != first
+
+
+def test_unknown_base_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        new_network(base=str(tmp_path), labels=LABELS, mode="lora")
