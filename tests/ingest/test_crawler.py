@@ -159,31 +159,35 @@ def test_failed_delivery_is_not_marked_seen(site, tmp_path):
     assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
 
 
-def test_run_loop_stops_on_request(site, tmp_path):
+def run_until_first_poll_published(crawler, sink, site):
+    """Run the daemon loop until the first poll's documents are in the sink, then stop it."""
     import threading
 
+    done = threading.Event()
+
+    def stop_when_published():
+        while len(sink.documents) < len(expected_first_poll(site)):
+            if done.wait(0.05):
+                return
+        crawler.stop()
+
+    threading.Thread(target=stop_when_published, daemon=True).start()
+    try:
+        crawler.run()
+    finally:
+        done.set()
+
+
+def test_run_loop_stops_on_request(site, tmp_path):
     sink = MemorySink()
     with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
         for source in crawler.sources:
             source.interval = 0.05
-        done = threading.Event()
-
-        def stop_when_published():
-            while len(sink.documents) < len(expected_first_poll(site)):
-                if done.wait(0.05):
-                    return
-            crawler.stop()
-
-        watcher = threading.Thread(target=stop_when_published, daemon=True)
-        watcher.start()
-        crawler.run()
-        done.set()
+        run_until_first_poll_published(crawler, sink, site)
     assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
 
 
 def test_an_error_while_processing_one_poll_does_not_end_the_daemon(site, tmp_path, monkeypatch):
-    import threading
-
     sink = MemorySink()
     with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
         for source in crawler.sources:
@@ -198,17 +202,7 @@ def test_an_error_while_processing_one_poll_does_not_end_the_daemon(site, tmp_pa
             return real_check(doc)
 
         monkeypatch.setattr(crawler.dedup, "check", broken_once)
-        done = threading.Event()
-
-        def stop_when_published():
-            while len(sink.documents) < len(expected_first_poll(site)):
-                if done.wait(0.05):
-                    return
-            crawler.stop()
-
-        threading.Thread(target=stop_when_published, daemon=True).start()
-        crawler.run()
-        done.set()
+        run_until_first_poll_published(crawler, sink, site)
         internal = sum(crawler.metrics.value("failed", s.name, "internal") for s in crawler.sources)
         assert internal == 1
     assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
