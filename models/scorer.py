@@ -51,7 +51,9 @@ def batched_logits(
     clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
     full = tokenizer(clipped, truncation=False, add_special_tokens=True)["input_ids"]
     truncated = np.array([len(ids) > max_length for ids in full])
-    encoded = tokenizer(clipped, truncation=True, max_length=max_length)["input_ids"]
+    # Cut here rather than tokenising a second time with truncation=True: for one sequence
+    # that keeps the leading tokens and the closing [SEP], exactly as the tokenizer would.
+    encoded = [ids[: max_length - 1] + ids[-1:] if cut else ids for ids, cut in zip(full, truncated)]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     outputs: dict[str, list[torch.Tensor]] = {task: [] for task in network.heads}
     with torch.inference_mode(), autocast_context(device, bf16):

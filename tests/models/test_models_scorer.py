@@ -81,3 +81,19 @@ def test_bf16_agrees_with_fp32(shipped_scorer):
     topic_agree = sum(a.topic == b.topic for a, b in zip(fp32, bf16)) / len(texts)
     assert sentiment_agree >= 0.99
     assert topic_agree >= 0.99
+
+
+def test_long_texts_are_cut_like_the_tokenizer_cuts_them(shipped_scorer):
+    from models.scorer import batched_logits
+
+    texts = ["Profit warning: " + "the outlook darkens further " * 60, NEGATIVE[0], "株価は決算発表後に急落した" * 30]
+    ours, truncated = batched_logits(shipped_scorer.network, shipped_scorer.model.tokenizer, texts,
+                                     max_length=shipped_scorer.max_length, batch_size=8,
+                                     device=torch.device("cpu"), bf16=False)
+    assert truncated.tolist() == [True, False, True]
+    reference = shipped_scorer.model.tokenizer(texts, truncation=True, max_length=shipped_scorer.max_length,
+                                               padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = shipped_scorer.network(reference["input_ids"], reference["attention_mask"])
+    for task in ("sentiment", "topic"):
+        assert torch.allclose(ours[task], expected[task].float(), atol=1e-4), task
