@@ -8,27 +8,15 @@ import pytest
 from finpulse.contract import Document
 from ingest.config import JsonApiConfig
 from ingest.errors import ParseError
-from ingest.http import HttpOptions, PoliteClient
 from ingest.sources import JsonApiSource
 from ingest.sources.jsonapi import decode_json
-from ingest.store import SeenStore
-
-FAST = HttpOptions(read_timeout=1, retries=0, rate_per_host=1000, burst=100)
-
 
 @pytest.fixture
-def make(http_server, tmp_path):
-    clients = []
-
+def make(source_factory):
     def factory(path: str, **cfg) -> JsonApiSource:
-        config = JsonApiConfig(name="api", type="json", kind="comment", url=http_server.url(path), **cfg)
-        client = PoliteClient(options=FAST)
-        clients.append(client)
-        return JsonApiSource(config=config, client=client, store=SeenStore(tmp_path / "s.db"))
+        return source_factory(JsonApiConfig, path, name="api", type="json", kind="comment", **cfg)
 
-    yield factory
-    for c in clients:
-        c.close()
+    return factory
 
 
 def _query(request, key):

@@ -5,26 +5,14 @@ import pytest
 from finpulse.contract import Document
 from ingest.config import RssConfig
 from ingest.errors import ParseError
-from ingest.http import HttpOptions, PoliteClient
 from ingest.sources import RssSource, Skipped
-from ingest.store import SeenStore
-
-FAST = HttpOptions(read_timeout=1, retries=0, rate_per_host=1000, burst=100)
-
 
 @pytest.fixture
-def make(http_server, tmp_path):
-    clients = []
-
+def make(source_factory):
     def factory(path: str, **cfg) -> RssSource:
-        config = RssConfig(name="t", type="rss", kind="news", url=http_server.url(path), fetch_articles=False, **cfg)
-        client = PoliteClient(options=FAST)
-        clients.append(client)
-        return RssSource(config=config, client=client, store=SeenStore(tmp_path / "s.db"))
+        return source_factory(RssConfig, path, name="t", type="rss", kind="news", fetch_articles=False, **cfg)
 
-    yield factory
-    for c in clients:
-        c.close()
+    return factory
 
 
 def _feed(encoding: str, title: str) -> bytes:
