@@ -84,8 +84,9 @@ def db_migrate() -> None:
     """Apply pending migrations from sql/ (idempotent)."""
     from finpulse import db
 
-    applied = db.migrate(db.engine())
-    current = db.current_version(db.engine())
+    engine = db.engine()
+    applied = db.migrate(engine)
+    current = db.current_version(engine)
     if applied:
         click.echo(f"applied {', '.join(applied)}; schema at version {current}")
     else:

@@ -67,9 +67,11 @@ def run() -> None:
         _fail(exc)
     for status in statuses:
         click.echo(status.line())
-    applied = db.migrate(db.engine(settings))
-    click.echo(f"schema at version {db.current_version(db.engine(settings))}"
+    engine = db.engine(settings)
+    applied = db.migrate(engine)
+    click.echo(f"schema at version {db.current_version(engine)}"
                + (f" (applied {', '.join(applied)})" if applied else ""))
+    engine.dispose()
     created = ensure_topics([settings.topic_documents, settings.topic_dead_letters], settings=settings)
     click.echo(f"topics ready: {settings.topic_documents}, {settings.topic_dead_letters}"
                + (f" (created {', '.join(created)})" if created else ""))
