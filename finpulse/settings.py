@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Model to score with; unset = the shipped model.")
     log_level: str = Field("INFO", description="Python log level.")
 
+    # --- pipeline (pipeline/, the Spark streaming job) ---
+
+    # --- alerts (alerts/, the alert service) ---
+
     @field_validator("home", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

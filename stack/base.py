@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from finpulse.service import read_pid, stop_pid, tail  # noqa: F401 - re-exported for the stack
 from finpulse.settings import Settings
 
 
@@ -92,66 +90,3 @@ def ensure_port_free(port: int, what: str, env_var: str) -> None:
     if port_in_use(port):
         raise StackError(f"port {port} for {what} is already taken by another process: "
                          f"stop it or choose another port with {env_var}")
-
-
-def read_pid(pid_file: Path) -> int | None:
-    """The pid in pid_file if that process is alive, else None."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    if _is_zombie(pid):
-        return None
-    return pid
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def stop_pid(pid: int, *, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, then SIGKILL: the broker flushes its logs on SIGTERM."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        if _is_zombie(pid):
-            _reap(pid)
-            return
-        time.sleep(0.2)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return f"(no log at {path})"
-    return "\n".join(text[-lines:])
