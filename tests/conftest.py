@@ -75,3 +75,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def fresh_db(stack):
+    """A new, migrated database on the test cluster for one test, dropped afterwards.
+
+    Yields Settings whose ``database_url`` points at it; for a subprocess, pass
+    ``FINPULSE_DATABASE_URL=settings.database_url.get_secret_value()`` in its environment.
+    """
+    import sqlalchemy as sa
+    from pydantic import SecretStr
+
+    from finpulse import db
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = db.engine(stack, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = sa.engine.make_url(stack.sqlalchemy_url().get_secret_value()).set(database=name)
+    settings = stack.model_copy(update={"database_url": SecretStr(url.render_as_string(hide_password=False))})
+    engine = db.engine(settings)
+    db.migrate(engine)
+    engine.dispose()
+    yield settings
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
