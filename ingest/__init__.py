@@ -2,6 +2,6 @@
 
 Layout: ``sources`` (what to fetch and how to map it), ``http`` (politeness), ``normalize`` and
 ``document`` (raw fields -> contract Document), ``dedup`` + ``store`` (exact and near duplicates,
-persistent), ``producer`` (Sinks), ``crawler`` (scheduling and the at-least-once publish
+persistent), ``producer`` (Sinks), ``crawler`` (scheduling and the publish
 protocol), ``replay`` (recorded streams), ``cli`` (``finpulse ingest``).
 """

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 @click.group("ingest")
 def cli() -> None:
-    """Crawlers and replay: documents into the documents topic (at least once)."""
+    """Crawlers and replay: documents into the documents topic (delivery: see ingest.producer.Sink)."""
 
 
 def _install_signal_handlers(stop) -> None:
@@ -47,16 +47,27 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
     from ingest.errors import ConfigError
     from ingest.metrics import IngestMetrics
 
+    from ingest.errors import BrokerUnavailable
+    from ingest.producer import require_broker
+
     try:
         config = load_config(config_path)
     except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = get_settings()
+    try:
+        require_broker(settings)
+    except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     metrics = IngestMetrics()
     if metrics_port:
         metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
-    crawler = Crawler.from_settings(config, settings=get_settings(), topic=topic, state_dir=state_dir,
-                                    metrics=metrics, partitions=partitions, dead_letter_topic=dead_letter_topic)
+    try:
+        crawler = Crawler.from_settings(config, settings=settings, topic=topic, state_dir=state_dir,
+                                        metrics=metrics, partitions=partitions, dead_letter_topic=dead_letter_topic)
+    except Exception as exc:  # noqa: BLE001 - e.g. the broker went away between the check and the producer
+        raise click.ClickException(f"cannot start the crawler: {_kafka_error(exc, settings)}") from None
     _install_signal_handlers(crawler.stop)
     try:
         crawler.run(once=once)
@@ -84,7 +95,7 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
 @click.option("--url-column", default=None)
 @click.option("--timezone", "tz_name", default="UTC", show_default=True, help="Zone of naive timestamps.")
 @click.option("--lang", default="detect", show_default=True,
-              help="'detect' (langdetect, ~3 ms/doc), 'none', or a fixed code such as 'en'.")
+              help="'detect' (py3langid, batched), 'none', or a fixed code such as 'en'.")
 @click.option("--missing-time", type=click.Choice(["skip", "now"]), default="skip", show_default=True,
               help="Rows without a timestamp: skip (counted) or publish as arriving now.")
 @click.option("--html", is_flag=True, help="The text column is HTML: strip tags (entities are always unescaped).")
@@ -94,20 +105,29 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
 @click.option("--dead-letter-topic", default=None,
               help="Topic for rejected rows, with the raw row (default FINPULSE_TOPIC_DEAD_LETTERS).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--producer", type=click.Choice(["kafka-python", "confluent"]), default="kafka-python", show_default=True,
-              help="Kafka client; 'confluent' (optional confluent-kafka package) is several times faster.")
+@click.option("--producer", type=click.Choice(["auto", "kafka-python", "confluent"]), default="auto", show_default=True,
+              help="Kafka client; auto = confluent (librdkafka, several times faster per message) when the "
+                   "optional confluent-kafka package is installed, else kafka-python.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes that normalise/validate rows in parallel (publish order stays event order).")
+@click.option("--encoding-errors", type=click.Choice(["strict", "repair"]), default="strict", show_default=True,
+              help="Rows with invalid UTF-8: strict = dead-lettered with their line number; repair = published "
+                   "with the bad bytes replaced by U+FFFD and extra.encoding_repaired = true.")
+@click.option("--resume", is_flag=True,
+              help="Continue after the position a previous run of this file/source/topic saved (see --state-dir).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the acknowledged position is saved as the replay goes (default FINPULSE_HOME/ingest/replay).")
 def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source, kind, text_column, time_column,
                    id_column, ticker_column, title_column, author_column, url_column, tz_name, lang, missing_time,
-                   html, limit, topic, partitions, dead_letter_topic, progress, producer, workers) -> None:
-    """Publish FILE (CSV or JSONL) in event-time order."""
+                   html, limit, topic, partitions, dead_letter_topic, progress, producer, workers, encoding_errors,
+                   resume, state_dir) -> None:
+    """Publish FILE (CSV or JSONL, optionally .gz) in event-time order; print the account of every row."""
     from finpulse.settings import get_settings
     from ingest.deadletter import DeadLetterSink
-    from ingest.errors import ConfigError, PublishError
+    from ingest.errors import BrokerUnavailable, ConfigError, PublishError
     from ingest.normalize import resolve_timezone
-    from ingest.producer import make_sink
-    from ingest.replay import Columns, replay
+    from ingest.producer import make_sink, require_broker
+    from ingest.replay import Columns, check_file, replay
 
     if rate is not None and speedup is not None:
         raise click.UsageError("give --rate or --speedup, not both")
@@ -120,11 +140,22 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
     detect = lang == "detect"
     fixed = None if lang in ("detect", "none") else lang
     settings = get_settings()
+    # Everything that can be known without the broker is checked first: a bad file creates no topic.
+    try:
+        check_file(file, fmt=fmt, columns=columns)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        require_broker(settings)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         sink = make_sink(producer, settings=settings, topic=topic, partitions=partitions)
+        dead_letters = DeadLetterSink.kafka(settings=settings, topic=dead_letter_topic, partitions=partitions)
     except ImportError as exc:
         raise click.ClickException(str(exc)) from None
-    dead_letters = DeadLetterSink.kafka(settings=settings, topic=dead_letter_topic, partitions=partitions)
+    except Exception as exc:  # noqa: BLE001 - e.g. the broker went away between the check and the producer
+        raise click.ClickException(f"cannot start the producer: {_kafka_error(exc, settings)}") from None
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt  # unwinds to the finally below, which flushes
@@ -134,7 +165,9 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         stats = replay(file, sink=sink, source=source or file.stem.replace(" ", "_"), kind=kind, columns=columns,
                        fmt=fmt, tz=tz, rate=rate, speedup=speedup, shift_to_now=shift_to_now, anchor=anchor,
                        lang=fixed, detect_lang=detect, missing_time=missing_time, html=html, limit=limit,
-                       progress=progress, workers=workers, dead_letters=dead_letters)
+                       progress=progress, workers=workers, dead_letters=dead_letters,
+                       encoding_errors=encoding_errors, resume=resume,
+                       state_dir=state_dir or settings.home / "ingest" / "replay")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except PublishError as exc:
@@ -148,6 +181,14 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         finally:
             dead_letters.close()
     click.echo(stats.line())
+    if not stats.balanced:
+        raise click.ClickException("the replay account does not balance (a bug): see the line above")
     if stats.time_column:
         click.echo(f"time column: {stats.time_column}; events {stats.first_event} .. {stats.last_event}"
                    + (f"; shifted by {stats.shift}" if stats.shift is not None else ""))
+
+
+def _kafka_error(exc: BaseException, settings) -> str:
+    where = ",".join(settings.bootstrap_servers)
+    setting = "FINPULSE_KAFKA_BOOTSTRAP" if settings.kafka_bootstrap else "FINPULSE_KAFKA_PORT (embedded broker)"
+    return f"{type(exc).__name__}: {str(exc)[:200]} (broker {where}, from {setting})"

@@ -23,7 +23,11 @@ from ingest.normalize import resolve_timezone
 _ENV_REF = re.compile(r"\$\{ENV:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(value: Any, where: str = "") -> Any:
+def _expand(value: Any, path: tuple = (), problems: list[tuple[tuple, str]] | None = None) -> Any:
+    """Resolve ``${ENV:NAME}`` references; each missing variable is appended to ``problems`` (not raised),
+    so one missing variable does not hide the other problems of the file."""
+    if problems is None:
+        problems = []
     if isinstance(value, str):
         def repl(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
@@ -31,14 +35,54 @@ def _expand(value: Any, where: str = "") -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
+            problems.append((path, f"environment variable {name} is not set"))
+            return ""
 
         return _ENV_REF.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: _expand(v, path + (k,), problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, path + (i,), problems) for i, v in enumerate(value)]
     return value
+
+
+def _line_numbers(node: yaml.Node | None, path: tuple = (), out: dict[tuple, int] | None = None) -> dict[tuple, int]:
+    """(key, index, ...) path -> 1-based line of that value in the YAML text."""
+    if out is None:
+        out = {}
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (key.value,)
+            out[child] = key.start_mark.line + 1
+            _line_numbers(value, child, out)
+            out[child] = key.start_mark.line + 1  # the key's line: where a person looks for it
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _line_numbers(value, path + (i,), out)
+    return out
+
+
+def _where(loc: tuple, lines: dict[tuple, int] | None) -> str:
+    """``line 12: sources[0].timezone`` (the line of the deepest part of ``loc`` found in the file)."""
+    parts: list = []
+    found: tuple = ()
+    line = None
+    for part in loc:
+        candidate = found + (part,)
+        if lines is not None and candidate not in lines:
+            continue  # pydantic adds the union tag ("rss") to the location; the file has no such key
+        found = candidate
+        parts.append(part)
+        if lines is not None:
+            line = lines.get(found, line)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    text = text or "(top level)"
+    return f"line {line}: {text}" if line else text
 
 
 class _Model(BaseModel):
@@ -65,10 +109,9 @@ class HttpConfig(_Model):
 
 
 class DedupConfig(_Model):
-    threshold: float = Field(0.6, gt=0, le=1, description="Estimated Jaccard for a near-duplicate.")
+    threshold: float = Field(1 / 3, gt=0, le=1, description="Overlap of story terms for a reworded copy.")
     num_perm: int = Field(128, ge=16)
-    shingle_size: int = Field(3, ge=1)
-    min_words: int = Field(8, ge=1, description="Shorter texts are never near-duplicates.")
+    min_words: int = Field(6, ge=1, description="Texts with fewer story terms are never reworded copies.")
     window_days: float = Field(7.0, gt=0)
     max_items: int = Field(50_000, ge=1)
     content_dedup_min_chars: int = Field(
@@ -91,7 +134,10 @@ class _SourceBase(_Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        resolve_timezone(value)
+        try:
+            resolve_timezone(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None  # a ValueError, so pydantic reports it with the others
         return value
 
     @field_validator("url")
@@ -160,24 +206,41 @@ class CrawlerConfig(_Model):
         return value
 
 
-def parse_config(data: Any) -> CrawlerConfig:
+def parse_config(data: Any, *, lines: dict[tuple, int] | None = None) -> CrawlerConfig:
+    """Validate the sources config; a ConfigError lists every problem, each with its YAML line when known."""
     if not isinstance(data, dict):
         raise ConfigError("the sources file must be a mapping with a 'sources' list")
-    data = _expand(data)
+    env_problems: list[tuple[tuple, str]] = []
+    data = _expand(data, (), env_problems)
+    problems = [f"{_where(path, lines)}: {message}" for path, message in env_problems]
+    config = None
     try:
-        return CrawlerConfig.model_validate(data)
+        config = CrawlerConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid sources config: {problems}") from None
+        for e in exc.errors(include_url=False):
+            path = tuple(e["loc"])
+            # A value that is empty only because its variable is missing is reported once, as that.
+            if any(path[: len(p)] == p for p, _ in env_problems):
+                continue
+            problems.append(f"{_where(path, lines)}: {e['msg']}")
+    if problems:
+        problems.sort(key=lambda p: int(p[5:p.index(":")]) if p.startswith("line ") else 0)  # file order
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(f"invalid sources config ({count}):\n  " + "\n  ".join(problems))
+    return config
 
 
 def load_config(path: Path | str) -> CrawlerConfig:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_config(data)
+    try:
+        return parse_config(data, lines=_line_numbers(node))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

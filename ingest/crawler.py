@@ -1,28 +1,32 @@
-"""The crawler: polls sources on their own schedules, dedups, publishes, remembers.
+"""The crawler: polls sources on their own schedules (APScheduler), dedups, publishes, remembers.
 
-Delivery guarantee: **at least once**; consumers must be idempotent (by ``Document.id``).
-Order of events per poll: fetch -> normalise/validate -> dedup -> publish -> broker ack ->
-mark seen (+ store HTTP validators). A crash anywhere before the last step republishes on
-the next run rather than losing a story.
+Delivery: as stated on :class:`ingest.producer.Sink`. Order of events per poll: fetch ->
+normalise/validate -> dedup -> publish -> broker ack -> mark seen (+ store HTTP validators).
+A crash anywhere before the last step republishes on the next run rather than losing a story.
 
 Items that fail (contract, parse, encoding, no id...; not duplicates) and response bodies that
-cannot be parsed go to the dead-letter sink, at least once as well: if a dead letter is not
-acked, the poll's HTTP validators are not stored, so the next poll meets the item again.
+cannot be parsed go to the dead-letter sink: if a dead letter is not acked, the poll's HTTP
+validators are not stored, so the next poll meets the item again.
 
-Sources are fetched concurrently in a small thread pool (I/O bound; a hanging host only ties
-up its own worker), while dedup, publishing and the seen-store updates happen on the calling
-thread, one poll at a time, so dedup decisions are never racy.
+Sources are fetched concurrently on the scheduler's thread pool (I/O bound; a hanging host only
+ties up its own worker), while dedup, publishing and the seen-store updates happen on the calling
+thread, one poll at a time, so dedup decisions are never racy. A broker that is down holds the
+calling thread for at most ``max_block_ms`` (no metadata: 10 s by default) or
+``delivery_timeout_ms`` (30 s) per publish, once for a poll's documents and once for its dead
+letters; after that they count as failed and stay unseen, so the next poll meets them again.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from finpulse.contract import Document
@@ -78,10 +82,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class Crawler:
-    """Polls every enabled source of a :class:`CrawlerConfig` into a :class:`Sink`.
-
-    Delivery: at least once, for documents and for dead letters; consumers must be idempotent.
-    """
+    """Polls every enabled source of a :class:`CrawlerConfig` into a :class:`Sink` (see its delivery guarantee)."""
 
     # Fingerprints of dead letters acked by this process, so a bad item that stays in a feed (or
     # an API without validators) is not dead-lettered again on every poll. Bounded: the oldest
@@ -131,10 +132,16 @@ class Crawler:
         ``settings.topic_dead_letters``, created if missing).
         """
         store = SeenStore(Path(state_dir) / "seen.sqlite3") if state_dir else SeenStore.for_home(settings.home)
+        # A daemon must not hold its processing thread for minutes on a dead broker: a poll's
+        # documents fail after these bounds and are fetched again by the next poll.
+        sink_options.setdefault("delivery_timeout_ms", 30_000)
+        sink_options.setdefault("max_block_ms", 10_000)
         sink = KafkaSink(settings=settings, topic=topic, **sink_options)
         if dead_letters is None:
             dead_letters = DeadLetterSink.kafka(settings=settings, topic=dead_letter_topic,
-                                                partitions=sink_options.get("partitions"))
+                                                partitions=sink_options.get("partitions"),
+                                                delivery_timeout_ms=sink_options["delivery_timeout_ms"],
+                                                max_block_ms=sink_options["max_block_ms"])
         return cls(config=config, sink=sink, dead_letters=dead_letters, store=store, metrics=metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -184,36 +191,59 @@ class Crawler:
         return [self.process(f.result()) for f in futures]
 
     def run(self, *, once: bool = False) -> None:
-        """Poll each source every ``interval`` seconds until :meth:`stop` (or one round with ``once``)."""
+        """Poll each source every ``interval`` seconds until :meth:`stop` (or one round with ``once``).
+
+        APScheduler runs the polls (an interval job per source, first run at once, on a pool of
+        ``workers`` threads); each outcome is handed to this thread, which dedups and publishes.
+        A job returns only once its outcome was processed, and ``max_instances=1`` skips a source's
+        next run while one is in hand, so a slow source is never polled twice at a time.
+        """
         if once:
             self.run_once()
             return
-        next_due = {s.name: 0.0 for s in self.sources}
-        running: dict[Future, Source] = {}
-        while not self._stop.is_set():
-            now = time.monotonic()
-            busy = {s.name for s in running.values()}
-            for source in self.sources:
-                # A source still busy with its last poll (a slow host) is not polled twice.
-                if source.name not in busy and next_due[source.name] <= now:
-                    running[self._pool.submit(self._poll, source)] = source
-                    next_due[source.name] = now + source.interval
-                    busy.add(source.name)
-            idle = [next_due[s.name] - now for s in self.sources if s.name not in busy]
-            # Wake for the next due source, a finished poll, or stop(); at least once a second.
-            timeout = min(1.0, max(0.01, min(idle, default=1.0)))
-            if running:
-                done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-            else:
-                self._stop.wait(timeout)
-                done = set()
-            for future in done:
-                running.pop(future)
-                self._process_safely(future.result())
+        from apscheduler.executors.pool import ThreadPoolExecutor as PoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        handoff: queue.Queue[tuple[PollOutcome, threading.Event]] = queue.Queue()
+
+        def job(source: Source) -> None:
+            outcome = self._poll(source)
+            processed = threading.Event()
+            handoff.put((outcome, processed))
+            while not processed.wait(0.5) and not self._stop.is_set():
+                pass
+
+        scheduler = BackgroundScheduler(
+            executors={"default": PoolExecutor(self.config.workers)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=timezone.utc,
+        )
+        now = datetime.now(timezone.utc)
+        for source in self.sources:
+            scheduler.add_job(job, "interval", seconds=source.interval, args=(source,), id=source.name,
+                              name=f"poll {source.name}", next_run_time=now)
+        scheduler.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    outcome, processed = handoff.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                try:
+                    self._process_safely(outcome)
+                finally:
+                    processed.set()
+        finally:
+            scheduler.shutdown(wait=False)
         # Publish what is already fetched; polls still in flight are abandoned (nothing was
         # marked seen for them, so the next run fetches them again).
-        for future in [f for f in running if f.done()]:
-            self._process_safely(future.result())
+        while True:
+            try:
+                outcome, processed = handoff.get_nowait()
+            except queue.Empty:
+                break
+            self._process_safely(outcome)
+            processed.set()
 
     def _process_safely(self, outcome: PollOutcome) -> None:
         # A bug or a store error while handling one source's poll must not end the daemon;

@@ -12,12 +12,10 @@ JSON envelope::
 response cannot blow up the topic; ``raw_bytes`` is the original size. Bytes that are not valid
 UTF-8 are decoded with ``errors="replace"`` for reading and also kept exactly in ``raw_base64``.
 
-Delivery guarantee: **at least once**. :class:`DeadLetterSink` reuses a documents
-:class:`~ingest.producer.Sink` (acks=all, idempotent producer, resend with backoff in
-:meth:`Sink.publish`); what still fails is logged at ERROR and returned to the caller to count,
-and :meth:`DeadLetterSink.publish` never raises, so one undeliverable dead letter never ends a
-crawler. Consumers must tolerate repeats (a resend after a lost ack, or the same bad item met
-again by a new process).
+Delivery: :class:`DeadLetterSink` publishes through a documents :class:`~ingest.producer.Sink`,
+so the guarantee (and where repeats come from) is the one stated there; what still fails is
+logged at ERROR and returned to the caller to count, and :meth:`DeadLetterSink.publish` never
+raises, so one undeliverable dead letter never ends a crawler.
 """
 
 from __future__ import annotations
@@ -106,7 +104,7 @@ class DeadLetter:
 class DeadLetterSink:
     """Publishes :class:`DeadLetter` s through a documents :class:`Sink` (its retry logic included).
 
-    Delivery: at least once. :meth:`publish` blocks until each letter is acked or failed for good
+    :meth:`publish` blocks until each letter is acked or failed for good
     after the Sink's retries; it never raises -- failures are logged at ERROR and returned.
     """
 

@@ -1,14 +1,29 @@
-"""Exact duplicates and near-duplicates (first-story detection).
+"""Exact duplicates and reworded copies (first-story detection).
 
 * Exact: the same id (canonical URL or ``source:native_id``) or the same normalised-content
   hash was already published. Such a document is not republished.
-* Near: MinHash over word shingles, indexed in an LSH (datasketch). A document whose estimated
-  Jaccard similarity to an earlier one reaches the threshold is a near-duplicate: it *is*
-  published, with ``extra["novelty"] = False`` and ``extra["first_story_id"]`` = the first
-  story of that chain; first stories get ``novelty = True`` (RavenPack-style first-story flag).
+* Reworded copy: the same story retold by another outlet (synonyms, reordered clauses, the same
+  figures). Two texts are compared on their *story terms* (:func:`story_terms`: content words,
+  lower-cased and crudely stemmed, stop words dropped, figures normalised so "$4.2 billion" and
+  "4.2 billion", "25%" and "25 percent" agree) by the overlap coefficient
+  ``|A & B| / min(|A|, |B|)``. At or above ``threshold`` (1/3) the later one is a copy: it *is*
+  published, with ``extra["novelty"] = False`` and ``extra["first_story_id"]`` = the first story
+  of that chain; first stories get ``novelty = True`` (RavenPack-style first-story flag).
 
-The LSH lives in memory and is rebuilt at start from the signatures kept in the seen-store,
-bounded to a recent window (``window_days`` / ``max_items``): novelty is about recent news.
+  Chosen on ``tests/ingest/data/reworded_pairs.jsonl`` (50 pairs written for this: 24 rewrites
+  of one story by another outlet, 26 different stories about the same company on the same day):
+  word 3-shingle Jaccard, what was used before, sees a median of 0.05 on the rewrites and cannot
+  separate them at any threshold (best F1 0.70); story-term overlap at 1/3 gives precision 0.96
+  and recall 0.96 on that set (0.92 / 0.89 with the threshold chosen on half the pairs and
+  measured on the other half). It is a small set written by one person: a guide, not a benchmark.
+  Semantic similarity with the encoder would catch freer paraphrases, but ingest stays free of
+  the model.
+
+  Candidates come from a MinHash LSH over the story terms (datasketch, tuned to a low Jaccard for
+  recall); each is then confirmed with the exact overlap coefficient on the stored terms.
+
+The LSH lives in memory and is rebuilt at start from the signatures and terms kept in the
+seen-store, bounded to a recent window (``window_days`` / ``max_items``): novelty is about recent news.
 
 Nothing is written to the store here until :meth:`Deduplicator.confirm` (called once the
 broker acked), but the in-memory state is updated at :meth:`reserve`, so two copies of a story
@@ -32,9 +47,49 @@ from ingest.store import SeenRecord, SeenStore
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"[\w$]+")
 # Pinned, so signatures stored by one datasketch version stay comparable after an upgrade.
 SCHEME = "affine32"
+
+_TOKEN = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?|[^\W\d_]+(?:'[^\W\d_]+)?")
+_STOP_WORDS = frozenset("""
+a an the and or but nor of to in on at for from by with as is are was were be been being it its this that these
+those has have had will would could should may might can said says say saying after before than then over under
+into about up down out their his her they them he she we our you your i not no new also more most less least so
+such while when which who whom what per since until amid via against all any each other some both only just still
+yet again there here if because its whose where how do does did
+""".split())
+_SUFFIXES = ("ings", "ing", "ed", "es", "s", "ly")
+
+
+def story_terms(text: str) -> frozenset[str]:
+    """The content words and figures of ``text``, normalised so a reworded copy shares most of them.
+
+    Lower-cased; "percent"/"per cent" -> "%"; figures without currency sign, thousands
+    separators or percent sign ("$4,200.5%" -> "4200.5"); stop words and one-letter words
+    dropped; a crude suffix strip ("shares" -> "shar", "lifted" -> "lift") so inflections agree.
+    """
+    lowered = text.lower().replace("per cent", "%").replace("percent", "%")
+    terms = set()
+    for token in _TOKEN.findall(lowered):
+        if token[0].isdigit() or token[0] == "$" and len(token) > 1 and token[1].isdigit():
+            terms.add(token.lstrip("$").replace(",", "").rstrip("%"))
+            continue
+        word = token.split("'", 1)[0]
+        if len(word) < 2 or word in _STOP_WORDS:
+            continue
+        for suffix in _SUFFIXES:
+            if len(word) > len(suffix) + 3 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        terms.add(word)
+    return frozenset(terms)
+
+
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    """Overlap coefficient |A & B| / min(|A|, |B|): 1.0 when one is contained in the other."""
+    if not a or not b:
+        return 0.0
+    return len(a & b) / min(len(a), len(b))
 
 
 @dataclass(frozen=True)
@@ -47,6 +102,7 @@ class Verdict:
     first_story_id: str | None = None
     similarity: float | None = None
     signature: MinHash | None = None
+    terms: frozenset[str] | None = None
 
 
 class Deduplicator:
@@ -56,10 +112,9 @@ class Deduplicator:
         self,
         store: SeenStore,
         *,
-        threshold: float = 0.6,
+        threshold: float = 1 / 3,
         num_perm: int = 128,
-        shingle_size: int = 3,
-        min_words: int = 8,
+        min_words: int = 6,
         window_days: float = 7.0,
         max_items: int = 50_000,
         content_dedup_min_chars: int = 40,
@@ -67,17 +122,16 @@ class Deduplicator:
         self.store = store
         self.threshold = threshold
         self.num_perm = num_perm
-        self.shingle_size = shingle_size
         self.min_words = min_words
         self.window_s = window_days * 86_400
         self.max_items = max_items
         self.content_dedup_min_chars = content_dedup_min_chars
-        # The LSH only proposes candidates; it is tuned below the threshold for recall (at J just
-        # above the threshold a banded LSH misses a fair share), and each candidate is then
-        # confirmed with the signatures' Jaccard estimate against the real threshold.
-        self._lsh = MinHashLSH(threshold=max(0.05, threshold - 0.2), num_perm=num_perm)
-        # id -> (first_story_id, signature), oldest first, so the window can be trimmed from the left.
-        self._index: OrderedDict[str, tuple[str, MinHash]] = OrderedDict()
+        # The LSH only proposes candidates. An overlap of 1/3 between term sets of similar size is
+        # a Jaccard of ~0.2, and less when the sizes differ, so it is tuned low for recall; each
+        # candidate is then confirmed with the exact overlap coefficient of the stored terms.
+        self._lsh = MinHashLSH(threshold=0.1, num_perm=num_perm)
+        # id -> (first_story_id, signature, terms), oldest first, so the window can be trimmed from the left.
+        self._index: OrderedDict[str, tuple[str, MinHash, frozenset[str]]] = OrderedDict()
         self._pending_ids: set[str] = set()
         self._pending_hashes: set[str] = set()
         self._rebuild()
@@ -87,20 +141,21 @@ class Deduplicator:
         since = time.time() - self.window_s
         self.store.prune_signatures(before=since)
         loaded = 0
-        for doc_id, first, blob in self.store.signatures(since=since, limit=self.max_items):
+        for doc_id, first, blob, terms in self.store.signatures(since=since, limit=self.max_items):
             values = np.frombuffer(blob, dtype=np.uint64)
-            if len(values) != self.num_perm:
-                continue  # written with another num_perm; ignore rather than mis-compare
-            self._insert(doc_id, first, MinHash(num_perm=self.num_perm, hashvalues=values, scheme=SCHEME))
+            if len(values) != self.num_perm or terms is None:
+                continue  # written with another num_perm or before terms were kept: cannot be compared
+            sig = MinHash(num_perm=self.num_perm, hashvalues=values, scheme=SCHEME)
+            self._insert(doc_id, first, sig, frozenset(terms.split(" ")) if terms else frozenset())
             loaded += 1
         if loaded:
             log.info("near-duplicate index rebuilt from %d stored signatures", loaded)
 
-    def _insert(self, doc_id: str, first: str, sig: MinHash) -> None:
+    def _insert(self, doc_id: str, first: str, sig: MinHash, terms: frozenset[str]) -> None:
         if doc_id in self._index:
             return
         self._lsh.insert(doc_id, sig)
-        self._index[doc_id] = (first, sig)
+        self._index[doc_id] = (first, sig, terms)
         while len(self._index) > self.max_items:
             old, _ = self._index.popitem(last=False)
             self._lsh.remove(old)
@@ -109,15 +164,12 @@ class Deduplicator:
         if self._index.pop(doc_id, None) is not None:
             self._lsh.remove(doc_id)
 
-    def signature(self, text: str) -> MinHash | None:
-        """MinHash of the word shingles of ``text``, or None when it is too short to judge."""
-        words = _WORD.findall(text.lower())
-        if len(words) < self.min_words:
+    def signature(self, terms: frozenset[str]) -> MinHash | None:
+        """MinHash of a text's story terms, or None when it has too few to judge."""
+        if len(terms) < self.min_words:
             return None
-        k = self.shingle_size
-        shingles = {" ".join(words[i : i + k]).encode("utf-8") for i in range(max(1, len(words) - k + 1))}
         sig = MinHash(num_perm=self.num_perm, scheme=SCHEME)
-        sig.update_batch(list(shingles))
+        sig.update_batch([t.encode("utf-8") for t in sorted(terms)])
         return sig
 
     # -- the API the crawler uses ----------------------------------------------------------
@@ -138,20 +190,22 @@ class Deduplicator:
         long_enough = doc.kind == "comment" or len(content_key(doc.title, doc.text)) >= self.content_dedup_min_chars
         if long_enough and (chash in self._pending_hashes or self.store.seen_content(chash)):
             return Verdict(duplicate="content", content_hash=chash)
-        sig = self.signature(doc.content)
+        terms = story_terms(doc.content)
+        sig = self.signature(terms)
         if sig is None:
             return Verdict(duplicate=None, content_hash=chash, novelty=True, first_story_id=doc.id)
         best: tuple[float, str] | None = None
         for candidate in self._lsh.query(sig):
-            first, other = self._index[candidate]
-            similarity = sig.jaccard(other)  # LSH yields candidates; confirm with the estimate
+            first, _, other = self._index[candidate]
+            similarity = overlap(terms, other)  # the LSH yields candidates; the terms decide
             if similarity >= self.threshold and (best is None or similarity > best[0]):
                 best = (similarity, first)
         if best is None:
-            return Verdict(duplicate=None, content_hash=chash, novelty=True, first_story_id=doc.id, signature=sig)
+            return Verdict(duplicate=None, content_hash=chash, novelty=True, first_story_id=doc.id, signature=sig,
+                           terms=terms)
         return Verdict(
             duplicate=None, content_hash=chash, novelty=False, first_story_id=best[1],
-            similarity=round(best[0], 3), signature=sig,
+            similarity=round(best[0], 3), signature=sig, terms=terms,
         )
 
     def reserve(self, doc: Document, verdict: Verdict) -> None:
@@ -159,7 +213,7 @@ class Deduplicator:
         self._pending_ids.add(doc.id)
         self._pending_hashes.add(verdict.content_hash)
         if verdict.signature is not None:
-            self._insert(doc.id, verdict.first_story_id or doc.id, verdict.signature)
+            self._insert(doc.id, verdict.first_story_id or doc.id, verdict.signature, verdict.terms or frozenset())
 
     def confirm(self, pairs: list[tuple[Document, Verdict]]) -> None:
         """The broker acked these documents: remember them for good."""
@@ -174,6 +228,7 @@ class Deduplicator:
                     content_hash=verdict.content_hash,
                     first_story_id=verdict.first_story_id,
                     signature=None if sig is None else np.asarray(sig.hashvalues, dtype=np.uint64).tobytes(),
+                    terms=None if verdict.terms is None else " ".join(sorted(verdict.terms)),
                 )
             )
         self.store.mark_seen(records)

@@ -79,3 +79,9 @@ class PublishError(IngestError):
     """Documents could not be delivered to Kafka even after retries; they stay unseen."""
 
     reason = "publish"
+
+
+class BrokerUnavailable(PublishError):
+    """No Kafka bootstrap server accepts a connection; the message names the address and the setting."""
+
+    reason = "broker_unreachable"

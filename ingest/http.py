@@ -7,15 +7,16 @@ rate limit and the robots cache are per host across sources, as the host sees th
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import urllib.robotparser
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ingest.errors import (
     FetchError,
@@ -85,13 +86,18 @@ class FetchResult:
 
 
 class TokenBucket:
-    """Classic token bucket; :meth:`acquire` blocks until a token is available."""
+    """Classic token bucket; :meth:`acquire` blocks until a token is available.
 
-    def __init__(self, rate: float, burst: int):
+    ``clock`` and ``sleep`` are injectable so a test can see the waits without timing anything.
+    """
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.rate = max(rate, 1e-6)
         self.capacity = max(1, burst)
+        self.clock, self.sleep = clock, sleep
         self.tokens = float(self.capacity)
-        self.updated = time.monotonic()
+        self.updated = clock()
         self.lock = threading.Lock()
 
     def acquire(self) -> float:
@@ -99,22 +105,24 @@ class TokenBucket:
         waited = 0.0
         while True:
             with self.lock:
-                now = time.monotonic()
+                now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
                 if self.tokens >= 1:
                     self.tokens -= 1
                     return waited
                 delay = (1 - self.tokens) / self.rate
-            time.sleep(delay)
+            self.sleep(delay)
             waited += delay
 
 
 class PoliteClient:
     """httpx wrapper. Every method raises a :class:`~ingest.errors.FetchError` subclass on failure."""
 
-    def __init__(self, *, options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None):
+    def __init__(self, *, options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.options = options or HttpOptions()
+        self.clock, self.sleep = clock, sleep  # rate-limit and retry waits go through these (tests record them)
         o = self.options
         self._client = httpx.Client(
             headers={"User-Agent": o.user_agent, "Accept-Encoding": "gzip, deflate"},
@@ -139,14 +147,15 @@ class PoliteClient:
     # -- politeness -----------------------------------------------------------------------
     def set_host_rate(self, host: str, rate: float) -> None:
         with self._lock:
-            self._buckets[host] = TokenBucket(rate, self.options.burst)
+            self._buckets[host] = TokenBucket(rate, self.options.burst, clock=self.clock, sleep=self.sleep)
 
     def _bucket(self, host: str) -> TokenBucket:
         with self._lock:
             bucket = self._buckets.get(host)
             if bucket is None:
                 rate = self.options.host_rates.get(host, self.options.rate_per_host)
-                bucket = self._buckets[host] = TokenBucket(rate, self.options.burst)
+                bucket = self._buckets[host] = TokenBucket(rate, self.options.burst, clock=self.clock,
+                                                           sleep=self.sleep)
             return bucket
 
     def allowed(self, url: str) -> bool:
@@ -213,34 +222,45 @@ class PoliteClient:
         return self._get(url, headers=request_headers, check_robots=True, raise_status=True)
 
     def _get(self, url: str, *, headers: dict[str, str], check_robots: bool, raise_status: bool) -> FetchResult:
+        """One GET (redirects followed), retried by tenacity on timeouts, connection errors, 429 and 5xx.
+
+        Waits: exponential backoff with full jitter, U(0, min(backoff_max, backoff_base * 2^n)),
+        which spreads the retries of many clients apart; a server's Retry-After wins when it asks
+        for longer (up to backoff_max).
+        """
         o = self.options
-        attempt = 0
-        while True:
-            try:
-                result = self._follow(url, headers=headers, check_robots=check_robots)
-            except (FetchTimeout, _Transient) as exc:
-                failure: Exception = exc
-                retry_after = getattr(exc, "retry_after", None)
-            else:
-                if result.status in _RETRY_STATUS and attempt < o.retries:
-                    failure = HTTPStatusError(f"HTTP {result.status}", url=url, status=result.status)
-                    retry_after = _retry_after(result.headers)
-                elif raise_status and result.status >= 400:
-                    raise HTTPStatusError(f"HTTP {result.status}", url=result.url, status=result.status)
-                else:
-                    return result
-            if attempt >= o.retries:
-                if isinstance(failure, _Transient):
-                    raise FetchError(str(failure), url=url, reason=failure.reason) from failure
-                raise failure
-            # Exponential backoff with full jitter (spreads retries of many clients apart);
-            # a server's Retry-After wins when it asks for longer, up to backoff_max.
-            delay = random.uniform(0, min(o.backoff_max, o.backoff_base * 2**attempt))
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, o.backoff_max))
-            attempt += 1
-            log.info("retrying %s in %.2fs (attempt %d/%d): %s", url, delay, attempt, o.retries, failure)
-            time.sleep(delay)
+        jitter = wait_random_exponential(multiplier=o.backoff_base, max=o.backoff_max)
+
+        def wait(state: RetryCallState) -> float:
+            delay = jitter(state)
+            retry_after = getattr(state.outcome.exception(), "retry_after", None)
+            return max(delay, min(retry_after, o.backoff_max)) if retry_after is not None else delay
+
+        def attempt() -> FetchResult:
+            result = self._follow(url, headers=headers, check_robots=check_robots)
+            if result.status in _RETRY_STATUS:
+                raise _RetryableStatus(result)
+            return result
+
+        retrying = Retrying(
+            stop=stop_after_attempt(o.retries + 1),
+            wait=wait,
+            retry=retry_if_exception_type((FetchTimeout, _Transient, _RetryableStatus)),
+            sleep=self.sleep,
+            before_sleep=lambda state: log.info("retrying %s in %.2fs (attempt %d/%d): %s", url,
+                                                state.next_action.sleep if state.next_action else 0.0,
+                                                state.attempt_number, o.retries, state.outcome.exception()),
+            reraise=True,
+        )
+        try:
+            result = retrying(attempt)
+        except _RetryableStatus as exc:  # still 429/5xx after the last retry
+            result = exc.result
+        except _Transient as exc:
+            raise FetchError(str(exc), url=url, reason=exc.reason) from exc
+        if raise_status and result.status >= 400:
+            raise HTTPStatusError(f"HTTP {result.status}", url=result.url, status=result.status)
+        return result
 
     def _follow(self, url: str, *, headers: dict[str, str], check_robots: bool) -> FetchResult:
         current = url
@@ -259,7 +279,7 @@ class PoliteClient:
         o = self.options
         host = urlsplit(url).netloc.lower()
         self._bucket(host).acquire()
-        deadline = time.monotonic() + o.total_timeout
+        deadline = time.monotonic() + o.total_timeout  # real time: the network does not use our clock
         try:
             with self._client.stream("GET", url, headers=headers) as response:
                 if response.status_code in _REDIRECT_STATUS and response.headers.get("location"):
@@ -288,6 +308,15 @@ class PoliteClient:
             if isinstance(exc, (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)):
                 raise _Transient(f"{type(exc).__name__}: {exc}", reason="connect") from exc
             raise FetchError(f"{type(exc).__name__}: {exc}", url=url, reason="transport") from exc
+
+
+class _RetryableStatus(Exception):
+    """A 429/5xx response worth retrying (internal); carries the response and its Retry-After."""
+
+    def __init__(self, result: FetchResult):
+        super().__init__(f"HTTP {result.status}")
+        self.result = result
+        self.retry_after = _retry_after(result.headers)
 
 
 class _Transient(Exception):

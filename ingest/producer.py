@@ -1,22 +1,21 @@
 """Publishing documents: the :class:`Sink` interface, Kafka and in-memory implementations.
 
-Delivery guarantee: **at least once**. :meth:`Sink.publish` returns only after every
-document was either acknowledged by the broker (acks=all) or failed for good after retries;
-failures are returned, never dropped. Callers remember a document as published only once it
-is in ``acked``. Consumers must therefore be idempotent (the key is the document id).
+The delivery guarantee of ingest is stated once, on :class:`Sink`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
+import socket
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
 from finpulse.contract import Document
 from finpulse.settings import Settings
+from ingest.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +26,38 @@ class PublishResult:
     failed: list[tuple[Document, BaseException]] = field(default_factory=list)
 
 
+class _NotAcked(Exception):
+    def __init__(self, failed: list[tuple[Document, BaseException]]):
+        super().__init__(f"{len(failed)} document(s) not acked ({failed[0][1]})")
+        self.failed = failed
+
+
 class Sink:
-    """Where documents go. Subclasses implement :meth:`send` and :meth:`drain`."""
+    """Where documents (and dead letters) go. Subclasses implement :meth:`send` and :meth:`drain`.
+
+    **Delivery guarantee of everything ingest publishes: at least once.** A document counts as
+    published (remembered as seen by the crawler, past the saved position of a replay) only once
+    the broker acknowledged it (acks=all); a send that fails is reported in
+    ``PublishResult.failed``, never dropped. Duplicates can therefore appear, and consumers must
+    be idempotent on the key (``Document.id``):
+
+    * a send whose ack was lost (broker or network failure after the write) is sent again, by the
+      client (kafka-python/librdkafka retries within ``delivery_timeout_ms``; the idempotent
+      producer removes those repeats within one producer session) or by a later poll/run;
+    * a crawler that crashes between the broker's ack and the seen-store update publishes those
+      documents again after the restart;
+    * a replay killed before its progress was saved resends, with ``--resume``, the rows after
+      the last saved position (without ``--resume``, everything);
+    * the same bad item met by a new process is dead-lettered again.
+
+    Retries live in one place per sink: the Kafka clients' own retry settings for Kafka
+    (``retries = 0`` here), :meth:`publish`'s resend (tenacity, exponential backoff with full
+    jitter) for sinks without their own.
+    """
 
     retries: int = 3
     retry_backoff: float = 0.5
+    retry_backoff_max: float = 30.0
 
     def send(self, doc: Document, payload: bytes | None = None) -> None:
         """Queue one document (non-blocking unless the buffer is full)."""
@@ -51,23 +77,32 @@ class Sink:
         return 0
 
     def publish(self, docs: Sequence[Document]) -> PublishResult:
-        """Send, wait, and resend failures (backoff with jitter) up to ``retries`` times."""
+        """Send, wait, and resend what was not acked, up to ``retries`` more times; never drops a failure."""
         total = PublishResult()
         pending = list(docs)
-        for attempt in range(self.retries + 1):
+
+        def attempt() -> None:
+            nonlocal pending
             for doc in pending:
                 self.send(doc)
             result = self.drain()
             total.acked.extend(result.acked)
-            if not result.failed:
-                return total
             pending = [doc for doc, _ in result.failed]
-            if attempt == self.retries:
-                total.failed.extend(result.failed)
-                break
-            delay = random.uniform(0, self.retry_backoff * 2**attempt)
-            log.warning("%d document(s) not acked (%s); resending in %.2fs", len(pending), result.failed[0][1], delay)
-            time.sleep(delay)
+            if result.failed:
+                raise _NotAcked(result.failed)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_random_exponential(multiplier=self.retry_backoff, max=self.retry_backoff_max),
+            retry=retry_if_exception_type(_NotAcked),
+            before_sleep=lambda state: log.warning("%s; resending in %.2fs", state.outcome.exception(),
+                                                   state.next_action.sleep if state.next_action else 0.0),
+            reraise=True,
+        )
+        try:
+            retrying(attempt)
+        except _NotAcked as exc:  # reraise=True: the last attempt's failures, never a RetryError
+            total.failed.extend(exc.failed)
         return total
 
     def flush(self, timeout: float | None = None) -> None:
@@ -104,6 +139,9 @@ class MemorySink(Sink):
         result, self._result = self._result, PublishResult()
         return result
 
+    def collect(self) -> PublishResult:
+        return self.drain()  # every send completes at once
+
 
 def _compression() -> str:
     # lz4 is faster for the same ratio on JSON but needs the lz4 package; gzip is in the stdlib.
@@ -120,8 +158,11 @@ class KafkaSink(Sink):
 
     acks=all with the idempotent producer (kafka-python 3.x): the client retries internally
     without reordering or duplicating within a partition; what still fails after
-    ``delivery_timeout_ms`` comes back as a failed future, reported by :meth:`drain` and
-    resent by :meth:`Sink.publish`.
+    ``delivery_timeout_ms`` comes back as a failed future, reported by :meth:`drain`. That is the
+    only retry layer (``retries=0``: :meth:`Sink.publish` does not resend on top of it).
+
+    A broker that is gone costs one ``max_block_ms`` wait per batch, not one per document: after
+    the first send that cannot even be queued (no metadata), the rest of the batch fails at once.
     """
 
     def __init__(
@@ -135,7 +176,8 @@ class KafkaSink(Sink):
         batch_size: int = 256 * 1024,
         compression_type: str | None = None,
         delivery_timeout_ms: int = 120_000,
-        retries: int = 3,
+        max_block_ms: int = 10_000,
+        retries: int = 0,
         client_id: str = "finpulse-ingest",
         **producer_config,
     ):
@@ -161,6 +203,7 @@ class KafkaSink(Sink):
             compression_type=None if compression_type == "none" else (compression_type or _compression()),
             max_request_size=2 * 1024 * 1024,
             metrics_enabled=False,  # client-side sensors cost time per message and nobody reads them here
+            max_block_ms=max_block_ms,  # send() waiting for metadata / buffer space; default 60 s
         )
         config.update(producer_config)
         self.compression_type = config["compression_type"] or "none"
@@ -170,13 +213,21 @@ class KafkaSink(Sink):
         # message cost more than the whole send on a busy 2-core box.
         self._pending: deque[tuple[Document, object]] = deque()
         self._send_failures: list[tuple[Document, BaseException]] = []
+        self._blocked: BaseException | None = None  # a send timed out: fail the rest until the next drain
 
     def send(self, doc: Document, payload: bytes | None = None) -> None:
+        if self._blocked is not None:
+            self._send_failures.append((doc, self._blocked))
+            return
         try:
             future = self._producer.send(
                 self.topic, key=doc.id.encode("utf-8"), value=payload if payload is not None else doc.to_json()
             )
         except Exception as exc:  # buffer full past max_block_ms, message too large, closed...
+            from kafka.errors import KafkaTimeoutError
+
+            if isinstance(exc, KafkaTimeoutError):
+                self._blocked = exc
             self._send_failures.append((doc, exc))
             return
         self._pending.append((doc, future))
@@ -216,6 +267,7 @@ class KafkaSink(Sink):
         """Flush, then sort every outstanding send into acked or failed (none is left unknown
         unless ``timeout`` expires first; those stay pending for the next drain)."""
         self._producer.flush(timeout=timeout)
+        self._blocked = None
         return self._harvest(all_done=True)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -247,7 +299,7 @@ class ConfluentSink(Sink):
         batch_size: int = 1024 * 1024,
         compression_type: str | None = None,
         delivery_timeout_ms: int = 120_000,
-        retries: int = 3,
+        retries: int = 0,
         **producer_config,
     ):
         try:
@@ -346,9 +398,40 @@ class ConfluentSink(Sink):
 
 
 def make_sink(kind: str = "kafka-python", **kwargs) -> Sink:
-    """``kafka-python`` (default, :class:`KafkaSink`) or ``confluent`` (:class:`ConfluentSink`)."""
+    """``kafka-python`` (:class:`KafkaSink`), ``confluent`` (:class:`ConfluentSink`) or ``auto``
+    (confluent when the optional confluent-kafka package is installed, else kafka-python)."""
+    if kind == "auto":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            kind = "kafka-python"
+        else:
+            kind = "confluent"
     if kind == "kafka-python":
         return KafkaSink(**kwargs)
     if kind == "confluent":
         return ConfluentSink(**kwargs)
-    raise ValueError(f"unknown producer {kind!r} (kafka-python or confluent)")
+    raise ValueError(f"unknown producer {kind!r} (auto, kafka-python or confluent)")
+
+
+def require_broker(settings: Settings, *, timeout: float = 5.0) -> None:
+    """Raise :class:`BrokerUnavailable` (one line: the address and the setting) unless a bootstrap server accepts a connection.
+
+    A TCP connect, not a Kafka request: it answers in at most ``timeout`` seconds per address,
+    where the Kafka clients would log connection errors for half a minute before failing.
+    """
+    errors = []
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{server} ({exc.strerror or exc})" if isinstance(exc, OSError) else f"{server} ({exc})")
+    where = ", ".join(errors)
+    if settings.kafka_bootstrap:
+        hint = "check FINPULSE_KAFKA_BOOTSTRAP"
+    else:
+        hint = ("FINPULSE_KAFKA_BOOTSTRAP is unset, so this is the embedded broker on FINPULSE_KAFKA_PORT: "
+                "start it with `finpulse stack up` or set FINPULSE_KAFKA_BOOTSTRAP")
+    raise BrokerUnavailable(f"Kafka broker not reachable at {where}; {hint}")

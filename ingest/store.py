@@ -2,7 +2,7 @@
 
 One SQLite file under ``settings.home / "ingest"``. It is what makes dedup survive restarts:
 an id or content hash is recorded only *after* the broker acknowledged the document, so a
-crash between fetch and ack republishes (at least once) instead of losing a story.
+crash between fetch and ack republishes (see :class:`ingest.producer.Sink`) instead of losing a story.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS signatures (
 );
 CREATE INDEX IF NOT EXISTS signatures_time ON signatures(seen_at);
 """
+# Added after the first release: the story terms a reworded copy is confirmed on (space-joined).
+_MIGRATIONS = ["ALTER TABLE signatures ADD COLUMN terms TEXT"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class SeenRecord:
     content_hash: str | None
     first_story_id: str | None = None
     signature: bytes | None = None
+    terms: str | None = None
 
 
 class SeenStore:
@@ -65,6 +68,10 @@ class SeenStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(signatures)")}
+        if "terms" not in columns:
+            for statement in _MIGRATIONS:
+                self._db.execute(statement)
 
     @classmethod
     def for_home(cls, home: Path) -> SeenStore:
@@ -103,8 +110,9 @@ class SeenStore:
                     [(r.id, r.source, r.url, r.content_hash, r.first_story_id, now) for r in rows],
                 )
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO signatures(id, first_story_id, signature, seen_at) VALUES (?, ?, ?, ?)",
-                    [(r.id, r.first_story_id or r.id, r.signature, now) for r in rows if r.signature is not None],
+                    "INSERT OR IGNORE INTO signatures(id, first_story_id, signature, terms, seen_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(r.id, r.first_story_id or r.id, r.signature, r.terms, now) for r in rows if r.signature is not None],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -134,12 +142,12 @@ class SeenStore:
             )
 
     # -- near-duplicate signatures --------------------------------------------------------
-    def signatures(self, *, since: float, limit: int) -> Iterator[tuple[str, str, bytes]]:
-        """(id, first_story_id, signature) of the newest ``limit`` signatures since ``since``, oldest first."""
+    def signatures(self, *, since: float, limit: int) -> Iterator[tuple[str, str, bytes, str | None]]:
+        """(id, first_story_id, signature, terms) of the newest ``limit`` signatures since ``since``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, first_story_id, signature FROM ("
-                " SELECT id, first_story_id, signature, seen_at, rowid AS r FROM signatures"
+                "SELECT id, first_story_id, signature, terms FROM ("
+                " SELECT id, first_story_id, signature, terms, seen_at, rowid AS r FROM signatures"
                 " WHERE seen_at >= ? ORDER BY seen_at DESC, r DESC LIMIT ?) ORDER BY seen_at, r",
                 (since, limit),
             ).fetchall()

@@ -2,9 +2,13 @@
 
 A source knows how to fetch and map one origin; it does not dedup, publish or count. Its
 :meth:`Source.poll` yields, per raw item, either a validated :class:`Document` or a
-:class:`Skipped` saying why not. The crawler does the rest, so delivery semantics live in one
-place: **at least once** -- a document is remembered as seen only after the broker acked it,
-so consumers must be idempotent (keyed by ``Document.id``).
+:class:`Skipped` saying why not. The crawler does the rest.
+
+Delivery guarantee of a source's items: the one stated on :class:`ingest.producer.Sink`, which
+publishes them (at least once). Where a source adds duplicates: an item is remembered as seen,
+and a feed's conditional-GET validators stored, only after every document of the poll was
+acknowledged, so a poll whose delivery failed (or a crash before the seen-store update) meets
+its items again next time and publishes them again.
 """
 
 from __future__ import annotations

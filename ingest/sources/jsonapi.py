@@ -38,7 +38,7 @@ def decode_json(content: bytes, charset: str | None = None) -> Any:
 
 
 class JsonApiSource(Source):
-    """Items from a JSON API, mapped by dotted paths. Delivery: at least once; consumers must be idempotent.
+    """Items from a JSON API, mapped by dotted paths.
 
     Pagination: ``cursor`` (next cursor read at ``cursor_path`` and sent as ``cursor_param``) or
     ``page`` (``page_param`` counting from ``start_page`` until an empty page), at most

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html.entities
 import logging
+import re
 from collections.abc import Iterator
 from urllib.parse import urljoin
 
@@ -29,13 +31,41 @@ def extract_article(content: bytes, *, url: str | None = None) -> str | None:
     return text.strip() if text and text.strip() else None
 
 
+_ENTITY_REF = re.compile(rb"&([A-Za-z][A-Za-z0-9._\-]*);")
+_XML_ENTITIES = {b"amp", b"lt", b"gt", b"quot", b"apos"}
+
+
+def _entity(match: re.Match) -> bytes:
+    name = match.group(1)
+    if name in _XML_ENTITIES:
+        return match.group(0)
+    codepoint = html.entities.name2codepoint.get(name.decode("ascii"))
+    if codepoint is not None:
+        return b"&#%d;" % codepoint  # &eacute; -> &#233;: the same character, and well-formed XML
+    # &foo; -> &amp;amp;foo;: escaped twice, because feed text is decoded twice (XML, then as HTML
+    # by feedparser's sanitiser and by strip_html); the text then keeps "&foo;" verbatim.
+    return b"&amp;amp;" + match.group(0)[1:]
+
+
+def escape_undefined_entities(content: bytes) -> bytes:
+    """Make entity references XML-safe: HTML ones become character references, unknown ones literal text.
+
+    An entity XML does not define (``&eacute;``, ``&foo;``) makes the feed not well-formed;
+    feedparser then falls back to its loose parser, which turns ``&foo;`` in HTML content into
+    ``&foo`` -- the semicolon is lost. A feed with its own DTD entities (``<!ENTITY``) is left alone.
+    """
+    if b"&" not in content or b"<!ENTITY" in content:
+        return content
+    return _ENTITY_REF.sub(_entity, content)
+
+
 def _entry_url(entry, base: str) -> str:
     link = entry.get("link")
     return urljoin(base, link) if isinstance(link, str) and link else base
 
 
 class RssSource(Source):
-    """An RSS 0.9x/1.0/2.0 or Atom feed. Delivery: at least once; consumers must be idempotent.
+    """An RSS 0.9x/1.0/2.0 or Atom feed.
 
     The feed is fetched with a conditional GET (a 304 yields nothing). For each entry not seen
     before, the linked article is fetched (robots.txt and rate limit apply) and its main text
@@ -51,12 +81,15 @@ class RssSource(Source):
             return
         # feedparser sniffs the encoding from the XML declaration and the HTTP header; hand it both.
         feed = feedparser.parse(
-            result.content,
+            escape_undefined_entities(result.content),
             response_headers={"content-type": result.content_type or "application/xml", "content-location": result.url},
         )
         if feed.bozo and not feed.entries:
             raise ParseError(f"malformed feed: {feed.get('bozo_exception')!s:.200}", reason="malformed_feed",
                              raw=result.content, url=result.url)
+        if not feed.version and not feed.entries:
+            # Well-formed XML that is neither RSS nor Atom (an error page, a sitemap): not "no news".
+            raise ParseError("not an RSS or Atom feed", reason="not_a_feed", raw=result.content, url=result.url)
         if feed.bozo:
             log.warning("%s: feed is not well-formed (%s); using the %d entries recovered",
                         self.name, feed.get("bozo_exception"), len(feed.entries))

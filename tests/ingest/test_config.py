@@ -81,3 +81,32 @@ def test_bad_yaml(tmp_path):
     path.write_text("sources: [unclosed")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(path)
+
+
+def test_every_problem_is_reported_at_once_with_its_yaml_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("FP_MISSING_TOKEN", raising=False)
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "sources:\n"
+        "  - name: wire\n"
+        "    type: rss\n"
+        "    kind: news\n"
+        "    url: http://127.0.0.1/feed.rss\n"
+        "    timezone: Nowhere/City\n"
+        "  - name: api\n"
+        "    type: json\n"
+        "    kind: tweet\n"
+        "    url: ftp://x\n"
+        "    headers:\n"
+        "      Authorization: \"Bearer ${ENV:FP_MISSING_TOKEN}\"\n"
+        "    interval: 0\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    # the missing variable does not hide the other four problems, and each names its line
+    assert "5 problems" in message
+    for expected in ("line 6: sources[0].timezone:", "line 9: sources[1].kind:", "line 10: sources[1].url:",
+                     "line 12: sources[1].headers.Authorization: environment variable FP_MISSING_TOKEN is not set",
+                     "line 13: sources[1].interval:"):
+        assert expected in message, message

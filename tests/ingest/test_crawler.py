@@ -228,3 +228,48 @@ def test_undelivered_dead_letters_are_counted_and_retried_next_poll(site, tmp_pa
         ("wire", "empty"), ("wire", "no_url_or_id"),
     ]
     assert len(sink.documents) == len(expected_first_poll(site))  # documents were not published twice
+
+
+def test_daemon_polls_through_apscheduler_one_job_per_source(site, tmp_path, monkeypatch):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    jobs = []
+    real_add_job = BackgroundScheduler.add_job
+
+    def recording_add_job(self, func, trigger=None, **kwargs):
+        jobs.append((kwargs["id"], trigger, kwargs["seconds"]))
+        return real_add_job(self, func, trigger, **kwargs)
+
+    monkeypatch.setattr(BackgroundScheduler, "add_job", recording_add_job)
+    sink = MemorySink()
+    with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
+        for source in crawler.sources:
+            source.interval = 0.05
+        run_until_first_poll_published(crawler, sink, site)
+    assert sorted(jobs) == sorted((s.name, "interval", 0.05) for s in crawler.sources)
+    assert sorted(d.id for d in sink.documents) == sorted(expected_first_poll(site))
+
+
+def test_a_dead_broker_costs_one_blocked_send_per_poll_not_one_per_document(site, tmp_path):
+    from finpulse.settings import Settings
+    from ingest.producer import KafkaSink
+
+    # Nothing listens on port 1: metadata never arrives, so the first send of a batch blocks for
+    # max_block_ms. The rest of that batch must fail at once instead of blocking one by one.
+    sink = KafkaSink(settings=Settings(kafka_bootstrap="127.0.0.1:1"), topic="t", ensure_topic=False,
+                     max_block_ms=200, api_version=(2, 6))
+    calls = {"n": 0}
+    real_send = sink._producer.send
+
+    def counting_send(*args, **kwargs):
+        calls["n"] += 1
+        return real_send(*args, **kwargs)
+
+    sink._producer.send = counting_send
+    with make_crawler(site, tmp_path, sink, good_only=True) as crawler:
+        summaries = {s.source: s for s in crawler.run_once()}
+        assert all(s.published == 0 for s in summaries.values())
+        assert summaries["forum"].failed == 4 + 3  # 4 documents not delivered + 3 bad items (dead letters)
+        with_documents = sum(1 for s in summaries.values() if s.failed)
+        assert calls["n"] == with_documents == 3  # one blocked send per poll with documents
+        assert crawler.store.count_seen() == 0  # nothing marked seen: the next poll tries again

@@ -127,13 +127,60 @@ def test_connection_refused_is_a_fetch_error():
     assert err.value.reason == "connect"
 
 
-def test_token_bucket_accounting():
-    bucket = TokenBucket(rate=1000.0, burst=3)
-    assert [bucket.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst is free
-    assert bucket.tokens < 1
-    slow = TokenBucket(rate=0.001, burst=1)
-    slow.acquire()
-    assert slow.tokens < 1e-3  # the next caller would have to wait ~1000 s
+class FakeClock:
+    """A clock that only moves when someone sleeps; every sleep is recorded."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_waits_once_the_burst_is_spent():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2.0, burst=3, clock=clock, sleep=clock.sleep)
+    assert [bucket.acquire() for _ in range(3)] == [0.0, 0.0, 0.0] and clock.slept == []  # the burst is free
+    assert bucket.acquire() == pytest.approx(0.5)  # then one token per 1/rate seconds
+    assert bucket.acquire() == pytest.approx(0.5)
+    assert clock.slept == pytest.approx([0.5, 0.5])
+    clock.now += 10  # idle time refills the bucket, up to the burst
+    assert [bucket.acquire() for _ in range(3)] == [0.0, 0.0, 0.0] and len(clock.slept) == 2
+
+
+def test_client_waits_between_requests_to_one_host_only(http_server):
+    other = __import__("tests.ingest.httpfixture", fromlist=["serve"]).serve
+    http_server.route("/x", (200, {}, b"x"))
+    clock = FakeClock()
+    options = HttpOptions(**dict(FAST, rate_per_host=0.25, burst=1, robots=False))
+    with other() as second, PoliteClient(options=options, clock=clock, sleep=clock.sleep) as c:
+        second.route("/y", (200, {}, b"y"))
+        c.get(http_server.url("/x"))
+        c.get(second.url("/y"))  # another host: its own bucket, no wait
+        assert clock.slept == []
+        c.get(http_server.url("/x"))
+        assert clock.slept == pytest.approx([4.0])  # 1 / 0.25 req/s
+
+
+def test_retry_waits_use_backoff_and_honour_retry_after(server):
+    calls = {"n": 0}
+
+    def handler(request):
+        calls["n"] += 1
+        return (429, {"Retry-After": "1"}, b"slow down") if calls["n"] == 1 else (200, {}, b"ok")
+
+    server.route("/limited", handler)
+    clock = FakeClock()
+    with PoliteClient(options=HttpOptions(**dict(FAST, backoff_base=0.001)), clock=clock, sleep=clock.sleep) as c:
+        assert c.get(server.url("/limited")).content == b"ok"
+    # one retry wait: the server's Retry-After (1 s) capped at backoff_max (0.05 s); the jittered
+    # backoff alone would be at most backoff_base (1 ms)
+    assert clock.slept == pytest.approx([0.05])
 
 
 def test_crawl_delay_lowers_the_host_rate(http_server, client):

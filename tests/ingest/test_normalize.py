@@ -73,6 +73,31 @@ def test_language_detection_is_deterministic():
     assert detect_language("") is None
 
 
+def test_language_detection_on_short_financial_texts_including_chinese():
+    import csv
+    from pathlib import Path
+
+    from ingest.normalize import detect_languages
+
+    with (Path(__file__).parent / "data" / "lang_short_financial.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))  # 12 short headlines in each of 10 languages, written for this test
+    from ingest import normalize
+
+    got = detect_languages([r["text"] for r in rows], batch_size=7)  # batched scoring, several batches
+    ident = normalize._identifier()
+    reference = []  # py3langid's own per-text classify: the batching must not change any answer
+    for r in rows:
+        lang, confidence = ident.classify(normalize._lang_input(r["text"]))
+        reference.append(lang if confidence >= normalize.LANG_MIN_CONFIDENCE else None)
+    assert got == reference
+    wrong = [(r["lang"], g, r["text"]) for r, g in zip(rows, got) if g is not None and g != r["lang"]]
+    unknown = [r["text"] for r, g in zip(rows, got) if g is None]
+    # Measured: 118 of 120 right, 1 wrong (a Russian headline read as Uzbek), 1 left unknown.
+    assert len(wrong) <= 1 and len(unknown) <= 2, (wrong, unknown)
+    for lang in ("zh", "ja"):  # langdetect, the detector before, read Chinese headlines as Korean
+        assert all(g == lang for r, g in zip(rows, got) if r["lang"] == lang)
+
+
 @pytest.mark.parametrize(
     ("raw", "tz", "expected"),
     [

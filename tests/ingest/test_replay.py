@@ -52,14 +52,14 @@ def test_rejected_rows_become_dead_letters_with_the_raw_row(csv_file):
     docs, stats = _run(csv_file, dead_letters=dead)
     assert stats.dead_lettered == 2 and stats.dead_letter_failed == 0 and "dead-lettered 2" in stats.line()
     uri = csv_file.resolve().as_uri()
-    row4 = '{"id": "4", "created_at": "", "text": "no time at all", "cashtags": ""}'
-    row6 = '{"id": "6", "created_at": "2020-04-09 00:00:40+00:00", "text": "   ", "cashtags": ""}'
+    row4 = "4,,no time at all,"  # the row as it is in the file (line 5: the header is line 1)
+    row6 = "6,2020-04-09 00:00:40+00:00,   ,"
     got = [{k: v for k, v in env.items() if k != "at"} for env in dead.envelopes]
     assert got == [
-        {"stage": "replay", "source": "tw", "reason": "no_time", "detail": "row 4: time: empty (column 'created_at')",
-         "raw": row4, "raw_truncated": False, "raw_bytes": len(row4), "url": f"{uri}#row=4"},
-        {"stage": "replay", "source": "tw", "reason": "no_text", "detail": "row 6: text: empty (column 'text')",
-         "raw": row6, "raw_truncated": False, "raw_bytes": len(row6), "url": f"{uri}#row=6"},
+        {"stage": "replay", "source": "tw", "reason": "no_time", "detail": "line 5: time: empty (column 'created_at')",
+         "raw": row4, "raw_truncated": False, "raw_bytes": len(row4), "url": f"{uri}#line=5"},
+        {"stage": "replay", "source": "tw", "reason": "no_text", "detail": "line 7: text: empty (column 'text')",
+         "raw": row6, "raw_truncated": False, "raw_bytes": len(row6), "url": f"{uri}#line=7"},
     ]
     assert all(datetime.fromisoformat(env["at"]).tzinfo is not None for env in dead.envelopes)
 
@@ -115,8 +115,8 @@ def test_jsonl_with_dotted_paths_and_bad_lines(tmp_path):
     assert stats.invalid == {"malformed_row": 2}
     # the malformed lines verbatim, not re-encoded
     assert [(e["reason"], e["detail"], e["raw"]) for e in dead.envelopes] == [
-        ("malformed_row", "row 2: line 2: malformed JSON (Expecting property name enclosed in double quotes)", "{not json"),
-        ("malformed_row", "row 4: line 4: not an object", "[1, 2]"),
+        ("malformed_row", "line 2: malformed JSON (Expecting property name enclosed in double quotes)", "{not json"),
+        ("malformed_row", "line 4: not an object", "[1, 2]"),
     ]
 
 
@@ -176,6 +176,6 @@ def test_worker_processes_give_the_same_stream(csv_file, tmp_path):
     dead = MemoryDeadLetterSink()  # a contract failure built in a worker process keeps its raw row
     _run(big, columns=Columns(id="id"), workers=2, dead_letters=dead)
     [env] = dead.envelopes
-    assert env["reason"] == "contract" and env["detail"].startswith("row 5001: text: String should have at most")
+    assert env["reason"] == "contract" and env["detail"].startswith("line 5002: text: String should have at most")
     assert env["raw_bytes"] > 1_000_001 and env["raw_truncated"] is True
-    assert env["raw"].startswith('{"id": "9999", "created_at": "2020-04-09 00:00:00+00:00", "text": "xxxx')
+    assert env["raw"].startswith('9999,2020-04-09 00:00:00+00:00,"xxxx')

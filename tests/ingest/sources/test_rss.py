@@ -5,7 +5,7 @@ import pytest
 from finpulse.contract import Document
 from ingest.config import RssConfig
 from ingest.errors import ParseError
-from ingest.sources import RssSource, Skipped
+from ingest.sources import RssSource
 
 @pytest.fixture
 def make(source_factory):
@@ -45,14 +45,26 @@ def test_truncated_feed_keeps_recovered_entries(http_server, make):
 
 
 def test_html_page_instead_of_feed_is_a_parse_error(http_server, make):
-    http_server.route("/page", (200, {"Content-Type": "text/html"}, b"<html><body><p>Not a feed</p></body></html>"))
-    source = make("/page")
-    try:
-        items = list(source.poll())
-    except ParseError:
-        items = None
-    # feedparser reads any HTML as an empty, well-formed-enough feed: either way nothing is published
-    assert items is None or all(isinstance(i, Skipped) for i in items)
+    body = b"<html><body><p>Not a feed</p></body></html>"
+    http_server.route("/page", (200, {"Content-Type": "text/html"}, body))
+    with pytest.raises(ParseError) as err:
+        list(make("/page").poll())
+    # the crawler dead-letters the whole body with this reason and URL
+    assert err.value.reason == "malformed_feed" and err.value.raw == body and err.value.url.endswith("/page")
+
+
+def test_well_formed_xml_that_is_no_feed_is_a_parse_error(http_server, make):
+    body = b'<?xml version="1.0"?><page><p>Not a feed</p></page>'
+    http_server.route("/page.xml", (200, {"Content-Type": "application/xml"}, body))
+    with pytest.raises(ParseError) as err:
+        list(make("/page.xml").poll())
+    assert err.value.reason == "not_a_feed" and err.value.raw == body
+
+
+def test_an_empty_feed_is_no_error(http_server, make):
+    body = b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title></channel></rss>'
+    http_server.route("/empty.rss", (200, {"Content-Type": "application/rss+xml"}, body))
+    assert list(make("/empty.rss").poll()) == []
 
 
 def test_max_items_bounds_a_poll(http_server, make):
@@ -60,3 +72,13 @@ def test_max_items_bounds_a_poll(http_server, make):
     body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>{entries}</channel></rss>'.encode()
     http_server.route("/many.rss", (200, {}, body))
     assert len(list(make("/many.rss", max_items=3).poll())) == 3
+
+
+def test_undefined_entity_keeps_its_semicolon(http_server, make):
+    body = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title><item><title>AT&amp;T &foo; up</title>'
+            b"<description>Q3 &foo; beat &eacute;tait &amp;amp; more</description><guid>g1</guid></item>"
+            b"</channel></rss>")
+    http_server.route("/ent.rss", (200, {"Content-Type": "application/rss+xml"}, body))
+    [doc] = list(make("/ent.rss").poll())
+    assert doc.title == "AT&T &foo; up"
+    assert doc.text == "Q3 &foo; beat \u00e9tait & more"
