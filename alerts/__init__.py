@@ -1,1 +1,1 @@
-"""Spike detection and alert delivery (email, webhooks) on APScheduler. Not built yet."""
+"""Spike detection and alert delivery (email, signed webhooks) over the trend windows in Postgres."""

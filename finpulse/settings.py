@@ -46,8 +46,59 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
 
     # --- pipeline (pipeline/, the Spark streaming job) ---
+    spark_master: str = Field("local[*]", description="Spark master of `finpulse pipeline run` (ignored under spark-submit).")
+    spark_ui: bool = Field(False, description="Start the Spark web UI for the pipeline job.")
+    pipeline_query_name: str = Field("finpulse-documents", description="Streaming query name: names its checkpoint and its pipeline_batches rows.")
+    pipeline_checkpoint_dir: Path | None = Field(None, description="Streaming checkpoints, one folder per query name; default HOME/pipeline/checkpoint.")
+    pipeline_trigger: str = Field("2s", description="Micro-batch trigger interval (e.g. 2s, 500ms, 1m).")
+    pipeline_max_offsets_per_trigger: int | None = Field(10_000, ge=1, description="Most Kafka records read per micro-batch; unset = no limit.")
+    pipeline_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the job (Spark's 200 costs seconds a batch).")
+    pipeline_scorer_url: str | None = Field(None, description="Model server URL (`finpulse model serve`); unset = score in-process.")
+    # pipeline core (pipeline/process.py, entities.py, sink.py, windows.py)
+    pipeline_windows: str = Field("1m,1h,1d", description="Trend window widths, comma-separated (s, m, h, d).")
+    pipeline_lateness: str = Field("1d", description="How far behind the newest event time a document may arrive and still fold into its windows in streaming; older ones wait for `pipeline backfill`.")
+    pipeline_max_chunks: int = Field(4, ge=1, description="Most chunks of a long document the model reads (title and lead first).")
+    pipeline_max_message_bytes: int = Field(1_048_576, ge=1, description="Bigger Kafka records are dead-lettered (reason oversize), never parsed or scored.")
+    pipeline_aliases_files: str | None = Field(None, description="Extra company-alias CSVs (comma-separated paths) on top of pipeline/data/aliases.csv.")
 
     # --- alerts (alerts/, the alert service) ---
+    alerts_rules: Path | None = Field(None, description="Alert rules YAML; unset = the shipped alerts/rules.yaml.")
+    alerts_interval_seconds: float = Field(60.0, gt=0, description="Seconds between two alert evaluations.")
+    alerts_settle_seconds: float = Field(
+        120.0, ge=0, description="Seconds after a window ends before it is evaluated (late rows land first)."
+    )
+    alerts_catchup_windows: int = Field(
+        24, ge=1, description="Most closed windows per rule evaluated in one run (at first start and after downtime)."
+    )
+    alerts_model_version: str | None = Field(
+        None, description="Model version whose windows are evaluated; unset = that of the newest window."
+    )
+    alerts_delivery_interval_seconds: float = Field(2.0, gt=0, description="Seconds between two outbox scans.")
+    alerts_delivery_workers: int = Field(8, ge=1, description="Concurrent deliveries (at most 2 per receiver).")
+    alerts_delivery_timeout_seconds: float = Field(
+        10.0, gt=0, description="Timeout of one SMTP or webhook delivery attempt."
+    )
+    alerts_delivery_max_age_seconds: float = Field(
+        86400.0, gt=0, description="A notification still undelivered after this long is marked dead (and kept)."
+    )
+    alerts_backoff_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
+    alerts_backoff_max_seconds: float = Field(300.0, gt=0, description="Longest retry delay.")
+    alerts_smtp_host: str | None = Field(None, description="SMTP server for the `email` receiver; unset = no email.")
+    alerts_smtp_port: int = Field(587, description="SMTP port.")
+    alerts_smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS.")
+    alerts_smtp_user: str | None = Field(None, description="SMTP login; unset = no authentication.")
+    alerts_smtp_password: SecretStr | None = Field(None, description="SMTP password (secret).")
+    alerts_email_from: str = Field("finpulse@localhost", description="From address of alert emails.")
+    alerts_email_to: str | None = Field(
+        None, description="Comma-separated recipients of the `email` receiver; unset = no email."
+    )
+    alerts_webhook_url: str | None = Field(None, description="URL of the `webhook` receiver; unset = no webhook.")
+    alerts_webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks signing secret (whsec_...) of the `webhook` receiver (secret)."
+    )
+    alerts_external_url: str | None = Field(
+        None, description="Base URL put in each alert's generatorURL; unset = empty."
+    )
 
     @field_validator("home", "cache_dir")
     @classmethod

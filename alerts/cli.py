@@ -1,0 +1,263 @@
+"""``finpulse alerts``: run, check, backtest, silence, verify, and the background service."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+from finpulse.settings import get_settings
+
+RULES_OPTION = click.option("--rules", "rules_path", type=click.Path(path_type=Path), default=None,
+                            help="Rules YAML (default: FINPULSE_ALERTS_RULES or the shipped alerts/rules.yaml).")
+
+
+def _config(rules_path: Path | None):
+    from alerts.config import RulesError, load
+
+    try:
+        return load(rules_path)
+    except RulesError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _engine():
+    from finpulse import db
+
+    return db.engine(get_settings())
+
+
+def _when(value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date/time (e.g. 2026-11-01 or 2026-11-01T12:00Z)") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+@click.group("alerts")
+def cli() -> None:
+    """Negative-sentiment spike alerts: rules, evaluation, delivery (email, signed webhooks)."""
+
+
+@cli.command("run")
+@RULES_OPTION
+def run(rules_path: Path | None) -> None:
+    """Run the alert service in the foreground (leader election, evaluation, delivery)."""
+    from alerts.service import AlertService
+
+    AlertService(_config(rules_path), get_settings()).run()
+
+
+@cli.command("check")
+@RULES_OPTION
+@click.option("--once", is_flag=True, required=True, help="One evaluation, then exit.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; change and send nothing.")
+def check(rules_path: Path | None, once: bool, dry_run: bool) -> None:
+    """One evaluation now; without --dry-run its messages are queued and delivered before exiting."""
+    from alerts.delivery import Dispatcher
+    from alerts.engine import Evaluator
+
+    config, settings, engine = _config(rules_path), get_settings(), _engine()
+    report = Evaluator(engine, config, settings).run_once(dry_run=dry_run)
+    if report.skipped:
+        click.echo(f"skipped: {report.skipped}")
+    click.echo(f"evaluated {report.windows} window(s); {len(report.transitions)} transition(s)")
+    for event, rule, key, start in report.transitions:
+        click.echo(f"  {event:9} {rule} {key} window {start}")
+    for reason, rule, key in report.muted:
+        click.echo(f"  muted ({reason}) {rule} {key}")
+    for msg in report.messages:
+        alerts = msg.payload["webhook"]["alerts"]
+        click.echo(f"{'would send' if dry_run else 'queued'} {msg.status} to {msg.receiver} ({msg.channel}): "
+                   + ", ".join(f"{a['labels']['alertname']}/{a['labels']['key']}:{a['status']}" for a in alerts))
+        if dry_run:
+            click.echo(json.dumps(msg.payload["webhook"], indent=2, default=str))
+    if not dry_run and report.messages:
+        import time
+
+        dispatcher = Dispatcher(engine, config, settings, holder="check")
+        deadline = time.monotonic() + max(r.timeout for r in config.receivers.values()) + 5
+        dispatcher.dispatch()
+        dispatcher.drain(timeout=max(0.0, deadline - time.monotonic()))
+        click.echo("delivery attempted; failures stay in the outbox and are retried by the service")
+
+
+@cli.command("backtest")
+@RULES_OPTION
+@click.option("--since", required=True, help="Start (ISO, UTC if no offset).")
+@click.option("--until", required=True, help="End (ISO, UTC if no offset).")
+@click.option("--json", "as_json", is_flag=True, help="Episodes as JSON lines.")
+def backtest_cmd(rules_path: Path | None, since: str, until: str, as_json: bool) -> None:
+    """Episodes the rules would have fired over stored windows; sends and writes nothing."""
+    from alerts.backtest import backtest, format_episode
+
+    config, settings = _config(rules_path), get_settings()
+    result = backtest(_engine(), config, _when(since), _when(until), settings.alerts_model_version)
+    for ep in result.episodes:
+        if as_json:
+            click.echo(json.dumps({"rule": ep.rule, "dimension": ep.dimension, "key": ep.key,
+                                   "starts_at": ep.starts_at, "fired_at": ep.fired_at, "ends_at": ep.ends_at,
+                                   "peak": ep.peak, "evidence": ep.evidence}, default=str))
+        else:
+            click.echo(format_episode(ep))
+    click.echo(f"{len(result.episodes)} episode(s) over {result.windows} rule-window(s) "
+               f"(model {result.model_version or 'none: no windows stored'})", err=as_json)
+
+
+@cli.command("validate")
+@RULES_OPTION
+def validate(rules_path: Path | None) -> None:
+    """Check a rules file; lists every error with file, line and field."""
+    config = _config(rules_path)
+    click.echo(f"{config.path}: {len(config.rules)} rule(s) OK; receivers on: {', '.join(config.receivers)}"
+               + "".join(f"; {n} off ({why})" for n, why in config.unconfigured.items()))
+
+
+@cli.command("verify")
+@click.argument("body", type=click.File("rb"))
+@click.option("-H", "--header", "headers", multiple=True, required=True,
+              help="'name: value', at least webhook-id, webhook-timestamp and webhook-signature.")
+@click.option("--secret-env", default="FINPULSE_ALERTS_WEBHOOK_SECRET", show_default=True,
+              help="Environment variable holding the whsec_ secret.")
+def verify_cmd(body, headers: tuple[str, ...], secret_env: str) -> None:
+    """Check a received webhook's Standard Webhooks signature (exit 0 if valid, 1 if not)."""
+    import os
+
+    from alerts.notify import verify
+
+    secret = os.environ.get(secret_env)
+    if not secret:
+        raise click.ClickException(f"{secret_env} is not set")
+    parsed = {}
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep:
+            raise click.BadParameter(f"{h!r} is not 'name: value'")
+        parsed[name.strip().lower()] = value.strip()
+    try:
+        verify(secret, body.read(), parsed)
+    except Exception as exc:
+        click.echo(f"INVALID: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"valid: {parsed.get('webhook-id')}")
+
+
+@cli.group("silence")
+def silence() -> None:
+    """Mute notifications for a scope and time range (alerts are still recorded)."""
+
+
+@silence.command("add")
+@click.option("--rule", default=None, help="Rule name (default: any).")
+@click.option("--dimension", type=click.Choice(["all", "topic", "ticker", "source"]), default=None)
+@click.option("--key", "key_pattern", default="*", show_default=True, help="Key or fnmatch pattern.")
+@click.option("--duration", default="2h", show_default=True, help="How long (e.g. 30m, 2h, 1d).")
+@click.option("--starts", default=None, help="Start (ISO; default now).")
+@click.option("--author", required=True)
+@click.option("--comment", required=True)
+def silence_add(rule, dimension, key_pattern, duration, starts, author, comment) -> None:
+    import sqlalchemy as sa
+
+    from alerts.config import parse_duration
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from None
+    start = _when(starts) if starts else datetime.now(timezone.utc)
+    with _engine().begin() as conn:
+        sid = conn.execute(sa.text(
+            "INSERT INTO alert_silences (rule, dimension, key_pattern, starts_at, ends_at, author, comment) "
+            "VALUES (:r, :d, :k, :s, :e, :a, :c) RETURNING id"),
+            {"r": rule, "d": dimension, "k": key_pattern, "s": start, "e": start + timedelta(seconds=seconds),
+             "a": author, "c": comment}).scalar()
+    click.echo(f"silence {sid}: rule={rule or '*'} dimension={dimension or '*'} key={key_pattern} "
+               f"until {(start + timedelta(seconds=seconds)).isoformat()}")
+
+
+@silence.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include expired silences.")
+def silence_list(show_all: bool) -> None:
+    import sqlalchemy as sa
+
+    where = "" if show_all else "WHERE expired_at IS NULL AND ends_at > now()"
+    with _engine().connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT * FROM alert_silences {where} ORDER BY id")).all()
+    for r in rows:
+        state = "expired" if r.expired_at or r.ends_at <= datetime.now(timezone.utc) else "active"
+        click.echo(f"{r.id:>4} {state:8} rule={r.rule or '*'} dimension={r.dimension or '*'} key={r.key_pattern} "
+                   f"{r.starts_at.isoformat()} -> {r.ends_at.isoformat()} by {r.author}: {r.comment}")
+    if not rows:
+        click.echo("no silences")
+
+
+@silence.command("expire")
+@click.argument("silence_id", type=int)
+def silence_expire(silence_id: int) -> None:
+    import sqlalchemy as sa
+
+    with _engine().begin() as conn:
+        n = conn.execute(sa.text("UPDATE alert_silences SET expired_at = now() WHERE id = :i AND expired_at IS NULL"),
+                         {"i": silence_id}).rowcount
+    if not n:
+        raise click.ClickException(f"no active silence {silence_id}")
+    click.echo(f"silence {silence_id} expired")
+
+
+def _service(rules_path: Path | None = None):
+    from finpulse.service import ManagedService, python_module_argv
+
+    args = ["alerts", "run"] + (["--rules", str(rules_path.resolve())] if rules_path else [])
+    return ManagedService("alerts", python_module_argv("finpulse", *args))
+
+
+@cli.command("start")
+@RULES_OPTION
+def start(rules_path: Path | None) -> None:
+    """Start the service in the background (pid and log under FINPULSE_HOME/alerts/)."""
+    from finpulse.service import ServiceError
+
+    _config(rules_path)  # refuse to start on invalid rules, here rather than in a log
+    service = _service(rules_path)
+    offset = service.log_file.stat().st_size if service.log_file.exists() else 0
+
+    def ready() -> bool:
+        # Started = the scheduler is up (its first line after loading rules and settings).
+        with service.log_file.open("rb") as log:
+            log.seek(offset)
+            return b"alert service " in log.read()
+
+    try:
+        status = service.start(ready=ready, timeout=60)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(status.line())
+
+
+@cli.command("stop")
+def stop() -> None:
+    """Stop the background service (SIGTERM: in-flight sends finish first)."""
+    click.echo("stopped" if _service().stop() else "not running")
+
+
+@cli.command("status")
+def status() -> None:
+    """Whether the background service runs, and which instance leads."""
+    import sqlalchemy as sa
+
+    click.echo(_service().status().line())
+    try:
+        with _engine().connect() as conn:
+            row = conn.execute(sa.text("SELECT holder, since, heartbeat FROM alert_leader")).first()
+            counts = dict(conn.execute(sa.text("SELECT state, count(*) FROM alert_outbox GROUP BY state")).all())
+            firing = conn.execute(sa.text("SELECT count(*) FROM alerts WHERE status = 'firing'")).scalar()
+    except Exception as exc:
+        click.echo(f"database: unavailable ({type(exc).__name__})")
+        return
+    if row:
+        click.echo(f"leader       {row.holder} since {row.since.isoformat()} (heartbeat {row.heartbeat.isoformat()})")
+    click.echo(f"alerts       {firing} firing; outbox {counts or 'empty'}")

@@ -1,0 +1,359 @@
+"""Evaluations against a real Postgres (fresh database), windows written straight into the table.
+
+The evaluator runs in-process with a fixed "now"; delivery goes to a real SMTP server and a
+real HTTP receiver through the outbox (Dispatcher), exactly as the service does it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from alerts.config import load
+from alerts.delivery import Dispatcher
+from alerts.engine import Evaluator
+from alerts.notify import verify
+from finpulse import db
+from tests.alerts.conftest import (SECRET, add_documents, hour_floor, surge_series, wait_for, write_rules,
+                                   write_windows)
+
+NOW = datetime(2026, 11, 20, 12, 0, 30, tzinfo=timezone.utc)
+END = hour_floor(NOW)  # the last closed window ends here (settle 0)
+
+
+@pytest.fixture
+def engine(alert_settings):
+    eng = db.engine(alert_settings)
+    yield eng
+    eng.dispose()
+
+
+def _evaluator(engine, settings, rules, now=NOW):
+    return Evaluator(engine, load(rules, settings), settings, now=lambda: now)
+
+
+def _deliver_all(engine, config, settings, expect: int):
+    dispatcher = Dispatcher(engine, config, settings, holder="test")
+    try:
+        def done():
+            dispatcher.dispatch()
+            with engine.connect() as conn:
+                return conn.execute(sa.text("SELECT count(*) FROM alert_outbox WHERE state = 'sent'")).scalar() >= expect
+        wait_for(done, timeout=60, what=f"{expect} sent messages")
+    finally:
+        dispatcher.drain(5)
+
+
+def _rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def test_empty_window_table_raises_nothing(engine, alert_settings, tmp_path, hook):
+    report = _evaluator(engine, alert_settings, write_rules(tmp_path / "r.yaml", port=hook.port)).run_once()
+    assert report.skipped and not report.transitions and not report.messages
+    assert _rows(engine, "SELECT count(*) FROM alerts")[0][0] == 0
+
+
+def test_quiet_then_surge_fires_once_per_route_then_resolves_once(engine, alert_settings, tmp_path, hook, mailbox):
+    rows = surge_series(END, key="ACME") + surge_series(END, key="QUIET", surge_at=())
+    write_windows(engine, rows)
+    surge_start = END - timedelta(hours=9)
+    add_documents(engine, key="ACME", start=surge_start + timedelta(hours=1))  # the window that fires
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port)
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    events = [(e, k) for e, _, k, _ in report.transitions]
+    assert events == [("pending", "ACME"), ("firing", "ACME"), ("resolved", "ACME")]
+    assert sorted((m.receiver, m.status) for m in report.messages) == [
+        ("hook", "firing"), ("hook", "resolved"), ("mail", "firing"), ("mail", "resolved")]
+    # A second evaluation at the same time changes nothing and queues nothing.
+    again = _evaluator(engine, alert_settings, rules).run_once()
+    assert again.windows == 0 and not again.messages
+
+    config = load(rules, alert_settings)
+    _deliver_all(engine, config, alert_settings, expect=4)
+    received = hook.unique()
+    assert len(hook.requests) == 2 and len(received) == 2
+    statuses = sorted(r.json["status"] for r in received.values())
+    assert statuses == ["firing", "resolved"]
+    for r in received.values():
+        payload = verify(SECRET, r.body, r.headers)  # the reference library checks the signature
+        assert payload["version"] == "4" and payload["receiver"] == "hook"
+        alert = payload["alerts"][0]
+        assert set(alert) >= {"status", "labels", "annotations", "startsAt", "endsAt", "fingerprint",
+                              "generatorURL", "evidence"}
+        assert alert["labels"]["key"] == "ACME" and alert["labels"]["alertname"] == "ticker-share"
+    firing = next(r.json for r in received.values() if r.json["status"] == "firing")
+    evidence = firing["alerts"][0]["evidence"]
+    assert evidence["window"]["figures"]["n_negative"] == 40 and evidence["window"]["p_value"] < 0.001
+    # baseline: the 24 windows before the firing one (23 quiet 8/40 + the first surge window 40/60), smoothed
+    assert evidence["window"]["figures"]["baseline_share"] == pytest.approx((23 * 8 + 40 + 1) / (23 * 40 + 60 + 3))
+    docs = evidence["documents"]
+    assert [d["first_story"] for d in docs] == [True, True, False, False]  # first stories first
+    assert docs[0]["p_negative"] >= docs[1]["p_negative"]
+    assert len(mailbox.messages) == 2
+    subjects = sorted(m["Subject"] for m in mailbox.messages)
+    assert "FIRING" in subjects[0] and "RESOLVED" in subjects[1]
+    mail = next(m for m in mailbox.messages if "FIRING" in m["Subject"])
+    parts = {p.get_content_type(): p.get_content() for p in mail.walk() if not p.is_multipart()}
+    assert "ACME slumps" in parts["text/plain"] and "<a href=" in parts["text/html"]
+    assert mail["Message-ID"].startswith("<msg_")
+    # Full history in Postgres.
+    history = [r.event for r in _rows(engine, "SELECT event FROM alert_events ORDER BY id")]
+    assert history.count("notified") == 4 and history[:2] == ["pending", "firing"]
+
+
+def test_a_silence_mutes_and_is_recorded(engine, alert_settings, tmp_path, hook):
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO alert_silences (dimension, key_pattern, starts_at, ends_at, author, comment) "
+                             "VALUES ('ticker', 'AC*', :s, :e, 'ops', 'known story')"),
+                     {"s": NOW - timedelta(hours=1), "e": NOW + timedelta(hours=1)})
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port)
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    assert ("firing", "ticker-share", "ACME") in [(e, r, k) for e, r, k, _ in report.transitions]
+    assert not report.messages
+    assert ("silenced", "ticker-share", "ACME") in report.muted
+    assert _rows(engine, "SELECT count(*) FROM alert_events WHERE event = 'silenced'")[0][0] == 1
+    # Evaluating again while the silence lasts records nothing new (no history spam).
+    again = _evaluator(engine, alert_settings, rules, now=NOW).run_once()
+    assert ("silenced", "ticker-share", "ACME") in again.muted and not again.messages
+    assert _rows(engine, "SELECT count(*) FROM alert_events WHERE event = 'silenced'")[0][0] == 1
+    # Once the silence is expired, the still-firing alert is notified at the next evaluation.
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alert_silences SET expired_at = now()"))
+    later = _evaluator(engine, alert_settings, rules, now=NOW).run_once()
+    assert {(m.receiver, m.status) for m in later.messages} == {("hook", "firing"), ("mail", "firing")}
+
+
+def test_a_market_wide_alert_inhibits_the_ticker_alerts_it_explains(engine, alert_settings, tmp_path, hook):
+    rows = (surge_series(END, key="ACME", surge_at=(2, 1, 0))
+            + surge_series(END, key="*", dimension="all", surge_at=(2, 1, 0), quiet=(400, 80), surge=(500, 330)))
+    write_windows(engine, rows)
+    report = _evaluator(engine, alert_settings, write_rules(tmp_path / "r.yaml", port=hook.port)).run_once()
+    fired = {(r, k) for e, r, k, _ in report.transitions if e == "firing"}
+    assert fired == {("ticker-share", "ACME"), ("market-share", "*")}
+    notified = {a["labels"]["alertname"] for m in report.messages for a in m.payload["webhook"]["alerts"]}
+    assert notified == {"market-share"}
+    assert ("inhibited", "ticker-share", "ACME") in report.muted
+
+
+def test_dry_run_changes_and_queues_nothing(engine, alert_settings, tmp_path, hook):
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port)
+    report = _evaluator(engine, alert_settings, rules).run_once(dry_run=True)
+    assert report.messages
+    for table in ("alerts", "alert_outbox", "alert_cursors", "alert_events"):
+        assert _rows(engine, f"SELECT count(*) FROM {table}")[0][0] == 0, table
+
+
+def test_receiver_down_during_firing_is_delivered_once_after_it_returns(engine, alert_settings, tmp_path, hook):
+    write_windows(engine, surge_series(END, key="ACME"))
+    port = hook.port
+    hook.stop()  # the receiver is down when the alert fires
+    rules = write_rules(tmp_path / "r.yaml", port=port, routes="hook")
+    config = load(rules, alert_settings)
+    _evaluator(engine, alert_settings, rules).run_once()
+    dispatcher = Dispatcher(engine, config, alert_settings, holder="test")
+    try:
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_deliveries WHERE NOT ok")[0][0] >= 3, what="failed attempts")
+        failed = _rows(engine, "SELECT error FROM alert_deliveries WHERE NOT ok")
+        assert all("ConnectError" in r.error for r in failed)
+        assert _rows(engine, "SELECT count(*) FROM alert_outbox WHERE state = 'pending'")[0][0] == 2
+        hook.port = port
+        hook.start()
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_outbox WHERE state = 'sent'")[0][0] == 2, what="delivery")
+    finally:
+        dispatcher.drain(5)
+    assert sorted(r.json["status"] for r in hook.requests) == ["firing", "resolved"]
+    assert len({r.id for r in hook.requests}) == 2
+
+
+@pytest.mark.parametrize("failure", ["500", "timeout", "refused", "dns", "smtp-down"])
+def test_failing_receivers_are_retried_and_recorded_never_lost(engine, alert_settings, tmp_path, hook, mailbox,
+                                                               failure):
+    settings = alert_settings
+    port = hook.port
+    routes = "hook"
+    if failure == "500":
+        hook.status = 500
+    elif failure == "timeout":
+        hook.delay = 3  # longer than the 1 s receiver timeout below
+    elif failure == "refused":
+        hook.stop()
+    elif failure == "smtp-down":
+        routes = "mail"
+        settings = settings.model_copy(update={"alerts_smtp_port": port})  # nothing speaks SMTP there
+        hook.stop()
+    rules = write_rules(tmp_path / "r.yaml", port=port, routes=routes, timeout=1)
+    if failure == "dns":
+        rules.write_text(rules.read_text().replace("127.0.0.1", "alerts-receiver.invalid"))
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+    config = load(rules, settings)
+    _evaluator(engine, settings, rules).run_once()
+    dispatcher = Dispatcher(engine, config, settings, holder="test")
+    try:
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_deliveries WHERE NOT ok")[0][0] >= 2, what="two failed attempts")
+    finally:
+        dispatcher.drain(5)
+    outbox = _rows(engine, "SELECT state, attempts, last_error, response_code FROM alert_outbox")
+    assert len(outbox) == 1 and outbox[0].state == "pending" and outbox[0].attempts >= 2
+    assert outbox[0].last_error
+    if failure == "500":
+        assert outbox[0].response_code == 500
+    assert "whsec" not in outbox[0].last_error and SECRET not in outbox[0].last_error
+
+
+def test_too_old_messages_are_marked_dead_not_deleted(engine, alert_settings, tmp_path, hook):
+    hook.status = 500
+    settings = alert_settings.model_copy(update={"alerts_delivery_max_age_seconds": 0.1})
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="hook")
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+    _evaluator(engine, settings, rules).run_once()
+    time.sleep(0.2)
+    dispatcher = Dispatcher(engine, load(rules, settings), settings, holder="test")
+    try:
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_outbox WHERE state = 'dead'")[0][0] == 1, what="dead message")
+    finally:
+        dispatcher.drain(5)
+    assert _rows(engine, "SELECT last_error FROM alert_outbox")[0].last_error.endswith("500")
+
+
+def test_a_slow_receiver_does_not_stall_the_others(engine, alert_settings, tmp_path, hook, mailbox):
+    hook.delay = 30  # far beyond its timeout: every attempt hangs until the timeout
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, timeout=30)
+    write_windows(engine, surge_series(END, key="ACME"))
+    config = load(rules, alert_settings)
+    _evaluator(engine, alert_settings, rules).run_once()
+    dispatcher = Dispatcher(engine, config, alert_settings, holder="test")
+    try:
+        dispatcher.dispatch()
+        wait_for(lambda: hook.started.is_set(), what="the slow receiver to be called")
+        # Mail (firing and resolved) goes out while the webhook is still hanging.
+        wait_for(lambda: dispatcher.dispatch() is not None and len(mailbox.messages) == 2, what="mail")
+        assert not hook.requests  # the slow receiver has not even answered yet
+    finally:
+        hook.delay = 0
+        dispatcher.drain(1)
+
+
+def test_repeat_interval_renotifies_a_long_firing_alert(engine, alert_settings, tmp_path, hook):
+    write_windows(engine, surge_series(END, key="ACME", surge_at=tuple(range(0, 20))))
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="hook")
+    rules.write_text(rules.read_text().replace("repeat_interval: 1d", "repeat_interval: 6h"))
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    firing_messages = [m for m in report.messages if m.status == "firing"]
+    assert len(firing_messages) >= 2
+    by_episode: dict[str, list[int]] = {}
+    for r in _rows(engine, "SELECT alert_id, seq FROM alert_notifications WHERE status = 'firing' ORDER BY seq"):
+        by_episode.setdefault(r.alert_id, []).append(r.seq)
+    assert all(seqs == list(range(len(seqs))) for seqs in by_episode.values())
+    assert max(len(seqs) for seqs in by_episode.values()) >= 2  # a repeat of the same episode
+
+
+def test_a_message_in_flight_is_not_claimed_again(engine, alert_settings, tmp_path, hook):
+    hook.delay = 2.0  # still answering while the dispatcher scans the outbox several more times
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="hook", timeout=5)
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))  # still firing: one message
+    _evaluator(engine, alert_settings, rules).run_once()
+    dispatcher = Dispatcher(engine, load(rules, alert_settings), alert_settings, holder="test")
+    try:
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_outbox WHERE state = 'sent'")[0][0] == 1, interval=0.1, what="sent")
+    finally:
+        dispatcher.drain(5)
+    assert len(hook.requests) == 1
+    assert _rows(engine, "SELECT attempts FROM alert_outbox")[0].attempts == 1
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("password,delivered", [("s3cret-pw", True), ("wrong-pw", False)])
+def test_smtp_auth_and_the_password_never_reaches_logs_or_the_database(engine, alert_settings, tmp_path, hook,
+                                                                        caplog, password, delivered):
+    from tests.alerts.conftest import MailBox, free_port
+
+    box = MailBox(free_port(), password="s3cret-pw").start()
+    try:
+        settings = alert_settings.model_copy(update={
+            "alerts_smtp_port": box.port, "alerts_smtp_user": "alerts",
+            "alerts_smtp_password": __import__("pydantic").SecretStr(password)})
+        rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="mail")
+        write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+        _evaluator(engine, settings, rules).run_once()
+        dispatcher = Dispatcher(engine, load(rules, settings), settings, holder="test")
+        caplog.set_level("DEBUG")
+        try:
+            wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+                engine, "SELECT count(*) FROM alert_deliveries")[0][0] >= 1, what="an attempt")
+        finally:
+            dispatcher.drain(5)
+        assert (len(box.messages) == 1) is delivered
+        if not delivered:
+            # Refused login: recorded as a failed attempt, the message still pending for a retry.
+            assert not _rows(engine, "SELECT ok FROM alert_deliveries")[0].ok
+            assert _rows(engine, "SELECT state FROM alert_outbox")[0].state == "pending"
+        stored = json.dumps([list(r) for r in _rows(engine, "SELECT * FROM alert_deliveries")], default=str)
+        stored += json.dumps([list(r) for r in _rows(engine, "SELECT last_error, payload FROM alert_outbox")], default=str)
+        assert password not in caplog.text and password not in stored
+    finally:
+        box.stop()
+
+
+def test_a_slow_but_live_send_keeps_its_lease(engine, alert_settings, tmp_path, hook):
+    # Each socket read is within the 1 s timeout, but the whole answer takes ~9 s, longer than
+    # the first lease (timeout + 5 s): the sender renews it, so nobody sends the message again.
+    hook.drip = 18
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="hook", timeout=1)
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))
+    _evaluator(engine, alert_settings, rules).run_once()
+    dispatcher = Dispatcher(engine, load(rules, alert_settings), alert_settings, holder="test")
+    try:
+        wait_for(lambda: dispatcher.dispatch() is not None and _rows(
+            engine, "SELECT count(*) FROM alert_outbox WHERE state = 'sent'")[0][0] == 1, interval=0.5, what="sent")
+    finally:
+        dispatcher.drain(15)
+    assert len(hook.requests) == 1
+    assert [r.ok for r in _rows(engine, "SELECT ok FROM alert_deliveries")] == [True]
+
+
+def test_first_stories_only_counts_a_syndicated_story_once(engine, alert_settings, tmp_path, hook):
+    # ACME: 40 negative documents an hour for 3 hours, but they are copies of 2 stories an hour.
+    # BETA: the same volume, all first stories. Only BETA is a surge of negative first stories.
+    rows = []
+    for key, first in (("ACME", 2), ("BETA", 40)):
+        for r in surge_series(END, key=key, quiet=(20, 3), surge=(60, 40), surge_at=(2, 1, 0)):
+            surge = r["n_negative"] == 40
+            r["n_first_stories"] = (first + 5) if surge else r["n_docs"]
+            r["n_negative_first"] = first if surge else r["n_negative"]
+            rows.append(r)
+    write_windows(engine, rows)
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""
+rules:
+  - name: first-stories
+    scope: {dimension: ticker}
+    width: 1h
+    detector: negative_volume
+    first_stories_only: true
+    params: {min_count: 10, min_ratio: 3}
+    for_windows: 1
+    routes: [log]
+  - name: all-documents
+    scope: {dimension: ticker}
+    width: 1h
+    detector: negative_volume
+    params: {min_count: 10, min_ratio: 3}
+    for_windows: 1
+    routes: [log]
+""")
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    fired = {(r, k) for e, r, k, _ in report.transitions if e == "firing"}
+    assert fired == {("first-stories", "BETA"), ("all-documents", "ACME"), ("all-documents", "BETA")}
