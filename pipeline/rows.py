@@ -48,3 +48,31 @@ PROCESSED_FIELDS: list[tuple[str, str]] = [
 PROCESSED_COLUMNS = [name for name, _ in PROCESSED_FIELDS]
 # Spark DDL for mapInPandas' output schema.
 PROCESSED_DDL = ", ".join(f"{name} {kind}" for name, kind in PROCESSED_FIELDS)
+
+
+def blank_row(**values) -> dict:
+    """A processed row as a dict: every column None except ``values`` (unknown names are an error)."""
+    unknown = set(values) - set(PROCESSED_COLUMNS)
+    if unknown:
+        raise KeyError(f"not processed-row columns: {sorted(unknown)}")
+    row = dict.fromkeys(PROCESSED_COLUMNS)
+    row.update(values)
+    return row
+
+
+def arrow_schema():
+    """:data:`PROCESSED_FIELDS` as a pyarrow schema (timestamps in UTC), to check frames without Spark."""
+    import pyarrow as pa
+
+    scalar = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"),
+              "boolean": pa.bool_(), "float": pa.float32(), "binary": pa.binary(),
+              "array<string>": pa.list_(pa.string())}
+    entity = pa.struct([
+        ("entity", pa.string()), ("entity_type", pa.string()), ("linked_by", pa.string()), ("mention", pa.string()),
+        ("model_version", pa.string()), ("sentiment", pa.string()), ("confidence", pa.float32()),
+        ("p_negative", pa.float32()), ("p_neutral", pa.float32()), ("p_positive", pa.float32()),
+    ])
+    fields = []
+    for name, kind in PROCESSED_FIELDS:
+        fields.append(pa.field(name, pa.list_(entity) if name == "entities" else scalar[kind]))
+    return pa.schema(fields)

@@ -1,4 +1,5 @@
 import shutil
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +13,8 @@ TABLES = {"documents", "document_scores", "document_entities", "sentiment_window
 @pytest.fixture
 def empty_db(stack):
     """A fresh, empty database on the test cluster, dropped afterwards."""
-    name = "migrate_test"
+    # A name of its own: two checkouts (or engineers) running this file never share it.
+    name = f"migrate_test_{uuid.uuid4().hex[:8]}"
     admin = db.engine(stack, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -57,16 +59,34 @@ def test_a_failing_migration_rolls_back_and_says_which(empty_db, tmp_path):
     assert 9999 not in db.applied_versions(empty_db)
 
 
-def test_upserts_on_natural_keys_are_idempotent(stack):
-    eng = db.engine(stack)
-    upsert = sa.text("""
-        INSERT INTO documents (id, schema_version, source, kind, text, published_at, fetched_at, batch_id)
-        VALUES ('db-test-1', 1, 'test', 'news', :text, now(), now(), :batch)
-        ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, batch_id = EXCLUDED.batch_id
-    """)
-    with eng.begin() as conn:
-        conn.execute(upsert, {"text": "first", "batch": 1})
-        conn.execute(upsert, {"text": "replayed", "batch": 1})
-        rows = conn.execute(sa.text("SELECT text FROM documents WHERE id = 'db-test-1'")).all()
-        conn.execute(sa.text("DELETE FROM documents WHERE id = 'db-test-1'"))
-    assert rows == [("replayed",)]
+def test_the_sinks_upserts_on_natural_keys_are_idempotent(fresh_db):
+    """The project's own upsert code (pipeline.sink), with a key twice in one batch and again later."""
+    from datetime import datetime, timedelta, timezone
+
+    import pandas as pd
+
+    from pipeline.sink import PostgresSink
+    from tests.pipeline.test_sink import T0, dl_row, doc_row
+
+    eng = db.engine(fresh_db)
+    sink = PostgresSink(eng, query_name="db-test", widths="1m,1h", lateness="1d")
+    started = datetime.now(timezone.utc)
+
+    # ON CONFLICT cannot touch one row twice in a statement: the sink must dedupe first.
+    first = pd.DataFrame([doc_row("db-test-1", T0, offset=1, text="first"),
+                          doc_row("db-test-1", T0, offset=2, text="replayed"), dl_row(3), dl_row(3)])
+    report = sink.write_batch(0, first, scorer_name="test", started_at=started)
+    assert (report.n_documents, report.n_dead, report.n_duplicates) == (1, 1, 2)
+    with eng.connect() as conn:  # the record with the highest offset wins
+        assert conn.execute(sa.text("SELECT text, kafka_offset FROM documents")).all() == [("replayed", 2)]
+    again = pd.DataFrame([doc_row("db-test-1", T0 + timedelta(seconds=1), offset=5, text="edited"), dl_row(3)])
+    sink.write_batch(1, again, scorer_name="test", started_at=started)
+    with eng.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, text, kafka_offset, batch_id FROM documents")).all() == [
+            ("db-test-1", "edited", 5, 1)]
+        assert conn.execute(sa.text("SELECT count(*) FROM document_scores")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar() == 1
+        assert conn.execute(sa.text(
+            "SELECT width_seconds, n_docs FROM sentiment_windows WHERE dimension = 'all' ORDER BY 1")).all() == [
+            (60, 1), (3600, 1)]
+    eng.dispose()

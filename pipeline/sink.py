@@ -1,0 +1,384 @@
+"""The driver's sink: one micro-batch of processed rows -> one Postgres transaction.
+
+:meth:`PostgresSink.write_batch` writes, in ONE transaction: documents, their scores, their
+rule-linked entities, dead letters, the recomputed trend windows (:mod:`pipeline.windows`) and
+the ``pipeline_batches`` row that marks the batch committed. Either all of it is visible or
+none of it, and a batch id already committed for the query changes nothing, so Spark's
+at-least-once replay of a batch is harmless.
+
+Keys are deduplicated in Python before ``ON CONFLICT`` (Postgres refuses to update one row
+twice in one statement, and a replayed Kafka message can sit twice in one batch): per document
+id the record with the highest Kafka offset wins; dead letters are unique per (stage, topic,
+partition, offset). Writes are ``execute_values`` statements of up to ``PAGE_SIZE`` rows,
+never a statement per row.
+
+Lateness: the watermark is the highest ``max_event_time`` of this query's committed batches
+minus ``lateness``. A document older than the watermark is stored and scored, but the windows
+at its new event time are not recomputed by the stream (it is counted in ``n_late``);
+:func:`pipeline.windows.backfill` folds it in. Windows a re-sent document leaves are always
+recomputed, so it never counts twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from psycopg2.extras import Json, execute_values
+from sqlalchemy.engine import Engine
+
+from pipeline import windows
+from pipeline.rows import PROCESSED_COLUMNS, ROW_DEAD_LETTER, ROW_DOCUMENT
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 2000
+# Serialises the batches of one query name (two drivers of the same query, or a zombie one):
+# the watermark and the committed check are read under it.
+_LOCK_NAMESPACE = 0x66_70_62  # "fpb"
+
+
+@dataclass
+class BatchReport:
+    """What one ``write_batch`` did. ``skipped``: the batch id was already committed, nothing written."""
+
+    batch_id: int
+    skipped: bool
+    n_input: int = 0
+    n_documents: int = 0      # distinct documents written (after in-batch dedupe)
+    n_scored: int = 0         # document rows in the input (each one was scored)
+    n_dead: int = 0           # distinct dead letters in the batch (already stored ones included)
+    n_late: int = 0           # documents older than the watermark: stored, windows left to backfill
+    n_duplicates: int = 0     # rows dropped by the in-batch dedupe (documents + dead letters)
+    n_windows: int = 0        # window rows upserted or deleted
+    max_event_time: datetime | None = None
+    duration_ms: int = 0
+
+
+def _utc(value) -> datetime | None:
+    if value is None or (not isinstance(value, (list, np.ndarray)) and pd.isna(value)):
+        return None
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def _none(value):
+    """pandas/numpy missing values -> None; numpy scalars -> Python scalars."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, dict, bytes, bytearray, np.ndarray)):
+        return value
+    if pd.isna(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and np.isnan(value):
+        return []
+    return list(value)
+
+
+def to_frame(rows) -> pd.DataFrame:
+    """A pyarrow Table (``DataFrame.toArrow()``) or pandas frame of processed rows -> pandas."""
+    if not isinstance(rows, pd.DataFrame):
+        rows = rows.to_pandas()
+    missing = [c for c in ("row_type", "kafka_topic", "kafka_partition", "kafka_offset") if c not in rows.columns]
+    if missing:
+        raise ValueError(f"processed rows lack columns {missing}; expected pipeline.rows.PROCESSED_COLUMNS")
+    for column in PROCESSED_COLUMNS:
+        if column not in rows.columns:
+            rows[column] = None
+    unknown = set(rows["row_type"].dropna()) - {ROW_DOCUMENT, ROW_DEAD_LETTER}
+    if unknown or rows["row_type"].isna().any():
+        raise ValueError(f"unknown row_type values {sorted(unknown)} (or NULL) in processed rows")
+    return rows.reset_index(drop=True)
+
+
+def dedupe_documents(docs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per document id: the one with the highest Kafka offset (a replayed message)."""
+    if docs.empty:
+        return docs, 0
+    order = docs.assign(_off=pd.to_numeric(docs["kafka_offset"], errors="coerce").fillna(-1))
+    order = order.sort_values(["_off"], kind="stable")
+    kept = order.drop_duplicates("id", keep="last").drop(columns="_off")
+    return kept, len(docs) - len(kept)
+
+
+def dedupe_dead_letters(dls: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per (stage, topic, partition, offset); rows without Kafka coordinates are all kept."""
+    if dls.empty:
+        return dls, 0
+    has_coords = dls["kafka_topic"].notna()
+    keyed = dls[has_coords].drop_duplicates(["dl_stage", "kafka_topic", "kafka_partition", "kafka_offset"])
+    kept = pd.concat([keyed, dls[~has_coords]])
+    return kept, len(dls) - len(kept)
+
+
+def offsets_summary(frame: pd.DataFrame) -> dict[str, dict[str, list[int]]]:
+    """{topic: {partition: [first offset, last offset]}} of the batch's records."""
+    out: dict[str, dict[str, list[int]]] = {}
+    coords = frame[["kafka_topic", "kafka_partition", "kafka_offset"]].dropna()
+    for (topic, partition), group in coords.groupby(["kafka_topic", "kafka_partition"]):
+        offsets = group["kafka_offset"].astype("int64")
+        out.setdefault(str(topic), {})[str(int(partition))] = [int(offsets.min()), int(offsets.max())]
+    return out
+
+
+_DOC_COLUMNS = ["id", "schema_version", "source", "kind", "url", "title", "text", "author", "published_at",
+                "fetched_at", "lang", "tickers", "parent_id", "extra", "kafka_topic", "kafka_partition",
+                "kafka_offset", "kafka_timestamp", "novelty", "first_story_id", "batch_id"]
+_DOC_UPSERT = f"""
+INSERT INTO documents ({", ".join(_DOC_COLUMNS)}) VALUES %s
+ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS if c != "id")}
+"""
+_DOC_TEMPLATE = "(" + ", ".join("%s::jsonb" if c == "extra" else "%s" for c in _DOC_COLUMNS) + ")"
+
+_SCORE_COLUMNS = ["document_id", "model_version", "published_at", "sentiment", "p_negative", "p_neutral",
+                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id"]
+_SCORE_UPSERT = f"""
+INSERT INTO document_scores ({", ".join(_SCORE_COLUMNS)}) VALUES %s
+ON CONFLICT (document_id, model_version) DO UPDATE SET
+{", ".join(f"{c} = EXCLUDED.{c}" for c in _SCORE_COLUMNS[2:])}, scored_at = now()
+"""
+# A re-sent document may have moved in time: its scores of other model versions follow it.
+_SCORE_FOLLOW = """
+UPDATE document_scores s SET published_at = d.published_at
+FROM documents d
+WHERE s.document_id = d.id AND d.id = ANY(%(ids)s) AND s.published_at IS DISTINCT FROM d.published_at
+"""
+
+_ENTITY_COLUMNS = ["document_id", "entity", "entity_type", "model_version", "linked_by", "mention", "sentiment",
+                   "confidence", "p_negative", "p_neutral", "p_positive"]
+_ENTITY_DELETE = "DELETE FROM document_entities WHERE document_id = ANY(%(ids)s) AND model_version = ANY(%(mvs)s)"
+_ENTITY_INSERT = f"""
+INSERT INTO document_entities ({", ".join(_ENTITY_COLUMNS)}) VALUES %s
+ON CONFLICT (document_id, entity, model_version) DO UPDATE SET
+{", ".join(f"{c} = EXCLUDED.{c}" for c in _ENTITY_COLUMNS[3:])}
+"""
+
+_DL_COLUMNS = ["stage", "reason", "raw_payload", "raw_key", "source_topic", "source_partition", "source_offset",
+               "batch_id", "source", "detail", "url", "rejected_at", "kafka_timestamp"]
+_DL_INSERT = f"""
+INSERT INTO dead_letters ({", ".join(_DL_COLUMNS)}) VALUES %s
+ON CONFLICT (stage, source_topic, source_partition, source_offset) WHERE source_topic IS NOT NULL DO NOTHING
+"""
+
+_BATCH_UPSERT = """
+INSERT INTO pipeline_batches (query_name, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
+                              started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer)
+VALUES (%(query_name)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
+        %(model_version)s, %(started_at)s, now(), %(n_late)s, %(n_duplicates)s, %(max_event_time)s,
+        %(duration_ms)s, %(scorer)s)
+ON CONFLICT (query_name, batch_id) DO UPDATE SET
+    status = 'committed', n_input = EXCLUDED.n_input, n_scored = EXCLUDED.n_scored, n_dead = EXCLUDED.n_dead,
+    offsets = EXCLUDED.offsets, model_version = EXCLUDED.model_version, started_at = EXCLUDED.started_at,
+    finished_at = now(), n_late = EXCLUDED.n_late, n_duplicates = EXCLUDED.n_duplicates,
+    max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer
+"""
+
+
+def _bytes(value) -> bytes | None:
+    value = _none(value)
+    if value is None:
+        return None
+    return bytes(value)
+
+
+def _float(value) -> float | None:
+    value = _none(value)
+    return None if value is None else float(value)
+
+
+def _int(value) -> int | None:
+    value = _none(value)
+    return None if value is None else int(value)
+
+
+def _bool(value) -> bool | None:
+    value = _none(value)
+    return None if value is None else bool(value)
+
+
+class PostgresSink:
+    """Writes processed micro-batches to Postgres, exactly once per (query_name, batch_id)."""
+
+    def __init__(self, engine: Engine, *, query_name: str,
+                 widths: Sequence[timedelta] | str = windows.DEFAULT_WIDTHS,
+                 lateness: timedelta | str | int | float = windows.DEFAULT_LATENESS):
+        self.engine = engine
+        self.query_name = query_name
+        self.widths = windows.parse_widths(widths) if isinstance(widths, str) else sorted(widths)
+        if not self.widths:
+            raise ValueError("PostgresSink needs at least one window width")
+        self.lateness = windows.parse_duration(lateness)
+
+    # -- reading state ------------------------------------------------------------------------
+
+    def watermark(self, cursor) -> datetime | None:
+        cursor.execute(
+            "SELECT max(max_event_time) FROM pipeline_batches WHERE query_name = %s AND status = 'committed'",
+            (self.query_name,),
+        )
+        high = cursor.fetchone()[0]
+        return None if high is None else high - self.lateness
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime) -> BatchReport:
+        """Write one micro-batch in one transaction; a batch id already committed is skipped."""
+        t0 = time.monotonic()
+        frame = to_frame(rows)
+        docs = frame[frame["row_type"] == ROW_DOCUMENT]
+        dls = frame[frame["row_type"] == ROW_DEAD_LETTER]
+        bad = docs["model_version"].isna() | docs["id"].isna() | docs["published_at"].isna()
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} document rows lack id, published_at or model_version")
+        n_scored = len(docs)
+        docs, dup_docs = dedupe_documents(docs)
+        dls, dup_dls = dedupe_dead_letters(dls)
+        report = BatchReport(batch_id=batch_id, skipped=False, n_input=len(frame), n_documents=len(docs),
+                             n_scored=n_scored, n_dead=len(dls), n_duplicates=dup_docs + dup_dls)
+        published = [_utc(v) for v in docs["published_at"]]
+        ids = [str(v) for v in docs["id"]]
+        model_versions = sorted({str(v) for v in docs["model_version"]})
+
+        raw = self.engine.raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, self.query_name))
+                cur.execute("SELECT status FROM pipeline_batches WHERE query_name = %s AND batch_id = %s",
+                            (self.query_name, batch_id))
+                found = cur.fetchone()
+                if found is not None and found[0] == "committed":
+                    raw.rollback()
+                    log.info("batch %s of %s already committed; skipped", batch_id, self.query_name)
+                    return BatchReport(batch_id=batch_id, skipped=True, n_input=len(frame),
+                                       duration_ms=int((time.monotonic() - t0) * 1000))
+                watermark = self.watermark(cur)
+                late = [watermark is not None and p < watermark for p in published]
+                report.n_late = sum(late)
+                if published:
+                    # A producer's far-future timestamp must not push the watermark past real time.
+                    report.max_event_time = min(max(published), max(started_at, datetime.now(timezone.utc)))
+
+                windows.create_points(cur)
+                if ids:
+                    # Where re-sent documents were before this batch: those windows lose them.
+                    cur.execute(windows.POINTS_OF_DOCUMENTS, {"ids": ids, "mvs": model_versions})
+                self._write_documents(cur, docs, published, batch_id)
+                self._write_scores(cur, docs, published, batch_id)
+                self._write_entities(cur, docs, ids)
+                self._write_dead_letters(cur, dls, batch_id)
+                on_time = [i for i, is_late in zip(ids, late) if not is_late]
+                if on_time:
+                    cur.execute(windows.POINTS_OF_DOCUMENTS, {"ids": on_time, "mvs": model_versions})
+                report.n_windows = windows.recompute(cur, widths=self.widths, batch_id=batch_id)
+                report.duration_ms = int((time.monotonic() - t0) * 1000)
+                cur.execute(_BATCH_UPSERT, {
+                    "query_name": self.query_name, "batch_id": batch_id, "n_input": report.n_input,
+                    "n_scored": report.n_scored, "n_dead": report.n_dead,
+                    "offsets": Json(offsets_summary(frame)), "model_version": ",".join(model_versions) or None,
+                    "started_at": started_at, "n_late": report.n_late, "n_duplicates": report.n_duplicates,
+                    "max_event_time": report.max_event_time, "duration_ms": report.duration_ms,
+                    "scorer": scorer_name,
+                })
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        report.duration_ms = int((time.monotonic() - t0) * 1000)
+        return report
+
+    # -- the tables ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _write_documents(cur, docs: pd.DataFrame, published: list[datetime], batch_id: int) -> None:
+        if docs.empty:
+            return
+        values = []
+        for row, pub in zip(docs.itertuples(index=False), published):
+            extra = _none(row.extra)
+            if isinstance(extra, dict):
+                extra = json.dumps(extra)
+            values.append((
+                row.id, _int(row.schema_version) or 1, row.source, row.kind, _none(row.url), _none(row.title),
+                _none(row.text) or "", _none(row.author), pub, _utc(row.fetched_at), _none(row.lang),
+                [str(t) for t in _as_list(row.tickers)], _none(row.parent_id), extra or "{}",
+                _none(row.kafka_topic), _int(row.kafka_partition), _int(row.kafka_offset),
+                _utc(row.kafka_timestamp), _bool(row.novelty), _none(row.first_story_id), batch_id,
+            ))
+        execute_values(cur, _DOC_UPSERT, values, template=_DOC_TEMPLATE, page_size=PAGE_SIZE)
+
+    @staticmethod
+    def _write_scores(cur, docs: pd.DataFrame, published: list[datetime], batch_id: int) -> None:
+        if docs.empty:
+            return
+        values = [
+            (row.id, row.model_version, pub, row.sentiment, _float(row.p_negative), _float(row.p_neutral),
+             _float(row.p_positive), _none(row.topic), _float(row.topic_confidence), _int(row.n_chunks) or 1,
+             bool(_bool(row.truncated)), batch_id)
+            for row, pub in zip(docs.itertuples(index=False), published)
+        ]
+        execute_values(cur, _SCORE_UPSERT, values, page_size=PAGE_SIZE)
+        cur.execute(_SCORE_FOLLOW, {"ids": [v[0] for v in values]})
+
+    @staticmethod
+    def _write_entities(cur, docs: pd.DataFrame, ids: list[str]) -> None:
+        if docs.empty:
+            return
+        values: dict[tuple[str, str, str], tuple] = {}
+        for doc_id, entities in zip(ids, docs["entities"]):
+            for entity in _as_list(entities):
+                entity = dict(entity)
+                name = entity.get("entity")
+                if not name:
+                    continue
+                version = entity.get("model_version") or ""
+                values[(doc_id, name, version)] = (
+                    doc_id, name, entity.get("entity_type") or "ticker", version,
+                    entity.get("linked_by") or "cashtag", _none(entity.get("mention")), _none(entity.get("sentiment")),
+                    _float(entity.get("confidence")), _float(entity.get("p_negative")),
+                    _float(entity.get("p_neutral")), _float(entity.get("p_positive")),
+                )
+        # Replace, not merge: a re-sent document whose text no longer names a ticker loses it.
+        versions = sorted({""} | {key[2] for key in values})
+        cur.execute(_ENTITY_DELETE, {"ids": ids, "mvs": versions})
+        if values:
+            execute_values(cur, _ENTITY_INSERT, list(values.values()), page_size=PAGE_SIZE)
+
+    @staticmethod
+    def _write_dead_letters(cur, dls: pd.DataFrame, batch_id: int) -> None:
+        if dls.empty:
+            return
+        values = [
+            (row.dl_stage, row.dl_reason, _bytes(row.raw_payload), _bytes(row.raw_key), _none(row.kafka_topic),
+             _int(row.kafka_partition), _int(row.kafka_offset), batch_id, _none(row.dl_source),
+             _none(row.dl_detail), _none(row.dl_url), _utc(row.dl_rejected_at), _utc(row.kafka_timestamp))
+            for row in dls.itertuples(index=False)
+        ]
+        execute_values(cur, _DL_INSERT, values, page_size=PAGE_SIZE)
+
+
+def report_dict(report: BatchReport) -> dict[str, Any]:
+    """The report as JSON-ready values (for logs and progress files)."""
+    out = dict(report.__dict__)
+    if report.max_event_time is not None:
+        out["max_event_time"] = report.max_event_time.isoformat()
+    return out

@@ -1,0 +1,197 @@
+"""PostgresSink against the real Postgres (a fresh database per test): one transaction per batch,
+exactly once per batch id, in-batch dedupe, re-sent documents, atomicity, lateness."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import psycopg2.errors
+import pytest
+import sqlalchemy as sa
+
+from finpulse import db
+from pipeline.rows import ROW_DEAD_LETTER, ROW_DOCUMENT, blank_row
+from pipeline.sink import PostgresSink
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+MV = "test-model@1"
+TABLES = ["documents", "document_scores", "document_entities", "dead_letters", "sentiment_windows",
+          "pipeline_batches"]
+
+
+def doc_row(doc_id: str, published_at: datetime, *, offset: int, p=(0.2, 0.3, 0.5), source="src-a",
+            topic="Earnings", novelty=None, tickers=(), entity_p: dict | None = None, partition=0,
+            text="some text", model_version=MV) -> dict:
+    """A processed document row as the executors produce it (entities: one rule link per ticker)."""
+    p_neg, p_neu, p_pos = p
+    sentiment = ["negative", "neutral", "positive"][max(range(3), key=lambda k: p[k])]
+    entities = []
+    for ticker in tickers:
+        ep = (entity_p or {}).get(ticker)
+        entities.append({
+            "entity": ticker, "entity_type": "ticker", "linked_by": "cashtag", "mention": f"${ticker}",
+            "model_version": "", "sentiment": None if ep is None else ["negative", "neutral", "positive"][
+                max(range(3), key=lambda k: ep[k])],
+            "confidence": None, "p_negative": None if ep is None else ep[0], "p_neutral": None if ep is None else ep[1],
+            "p_positive": None if ep is None else ep[2],
+        })
+    return blank_row(
+        row_type=ROW_DOCUMENT, kafka_topic="docs", kafka_partition=partition, kafka_offset=offset,
+        kafka_timestamp=pd.Timestamp(published_at), id=doc_id, schema_version=1, source=source, kind="news",
+        title=f"title {doc_id}", text=text, published_at=pd.Timestamp(published_at),
+        fetched_at=pd.Timestamp(published_at), tickers=list(tickers), extra="{}", novelty=novelty,
+        model_version=model_version, sentiment=sentiment, p_negative=p_neg, p_neutral=p_neu, p_positive=p_pos,
+        topic=topic, topic_confidence=0.9, n_chunks=1, truncated=False, entities=entities,
+    )
+
+
+def dl_row(offset: int, *, stage="contract", reason="not_json", topic="docs", partition=0, raw=b"{oops") -> dict:
+    return blank_row(row_type=ROW_DEAD_LETTER, kafka_topic=topic, kafka_partition=partition, kafka_offset=offset,
+                     kafka_timestamp=pd.Timestamp(T0), dl_stage=stage, dl_reason=reason, dl_detail="document: not JSON",
+                     dl_rejected_at=pd.Timestamp(T0), raw_payload=raw, raw_key=b"key")
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def write(sink: PostgresSink, batch_id: int, rows: list[dict]):
+    return sink.write_batch(batch_id, frame(rows), scorer_name="test", started_at=datetime.now(timezone.utc))
+
+
+def snapshot(engine) -> dict[str, list[tuple]]:
+    with engine.connect() as conn:
+        return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}")).all()), key=repr) for t in TABLES}
+
+
+def windows_frame(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(sa.text("SELECT * FROM sentiment_windows"), conn)
+
+
+@pytest.fixture
+def engine(fresh_db):
+    eng = db.engine(fresh_db)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sink(engine):
+    return PostgresSink(engine, query_name="test-query", widths="1m,1h,1d", lateness="1d")
+
+
+def count(engine, sql: str, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+def test_in_batch_duplicate_keys_keep_the_highest_offset(engine, sink):
+    rows = [
+        doc_row("a", T0, offset=7, text="newer", p=(0.7, 0.2, 0.1)),
+        doc_row("a", T0, offset=3, text="older", p=(0.1, 0.2, 0.7)),
+        doc_row("b", T0, offset=4),
+        dl_row(9), dl_row(9),  # a replayed bad message, twice in one batch
+    ]
+    report = write(sink, 0, rows)
+    assert (report.n_input, report.n_documents, report.n_scored, report.n_dead, report.n_duplicates) == (5, 2, 3, 1, 2)
+    assert count(engine, "SELECT text FROM documents WHERE id = 'a'") == "newer"
+    assert count(engine, "SELECT sentiment FROM document_scores WHERE document_id = 'a'") == "negative"
+    assert count(engine, "SELECT count(*) FROM dead_letters") == 1
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 2
+    assert count(engine, "SELECT n_duplicates FROM pipeline_batches WHERE batch_id = 0") == 2
+
+
+def test_replaying_a_committed_batch_changes_nothing_and_a_resent_document_counts_once(engine, sink):
+    rows = [doc_row("a", T0, offset=1, tickers=["TSLA"]), doc_row("b", T0 + timedelta(seconds=5), offset=2),
+            dl_row(3)]
+    first = write(sink, 0, rows)
+    assert not first.skipped
+    before = snapshot(engine)
+    # Spark replays batch 0 after a crash (even with other content, e.g. re-read offsets): nothing moves.
+    replay = write(sink, 0, rows + [doc_row("c", T0, offset=4)])
+    assert replay.skipped and replay.n_windows == 0
+    assert snapshot(engine) == before
+    # The producer re-sends "a" and the bad message is re-read in a later batch: counted once.
+    later = write(sink, 1, [doc_row("a", T0, offset=10, tickers=["TSLA"]), dl_row(3)])
+    assert not later.skipped
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 2
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'ticker' AND key = 'TSLA' "
+                         "AND width_seconds = 86400") == 1
+    assert count(engine, "SELECT count(*) FROM dead_letters") == 1
+    assert count(engine, "SELECT kafka_offset FROM documents WHERE id = 'a'") == 10
+    assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'") == 2
+
+
+def test_a_resent_document_with_a_new_time_and_tickers_leaves_its_old_windows(engine, sink):
+    write(sink, 0, [doc_row("a", T0, offset=1, tickers=["TSLA"], source="src-a"),
+                    doc_row("b", T0, offset=2, source="src-b")])
+    moved = T0 + timedelta(hours=2, minutes=30)
+    write(sink, 1, [doc_row("a", moved, offset=3, tickers=["AAPL"], source="src-a")])
+    w = windows_frame(engine)
+    minute = w[w.width_seconds == 60]
+    old_all = minute[(minute.dimension == "all") & (minute.window_start == pd.Timestamp(T0))]
+    assert old_all.n_docs.tolist() == [1]                      # only "b" is left at T0
+    assert minute[(minute.dimension == "source") & (minute.key == "src-a")].window_start.tolist() == [
+        pd.Timestamp(moved)]                                    # src-a's T0 window was deleted, not left at 1
+    assert "TSLA" not in set(w[w.dimension == "ticker"].key)   # the stale ticker vanished with its windows
+    assert set(w[w.dimension == "ticker"].key) == {"AAPL"}
+    assert count(engine, "SELECT count(*) FROM document_entities WHERE document_id = 'a'") == 1
+    assert count(engine, "SELECT published_at FROM document_scores WHERE document_id = 'a'") == moved
+    day = w[(w.width_seconds == 86400) & (w.dimension == "all")]
+    assert day.n_docs.tolist() == [2]                          # the day still holds both, once each
+
+
+def test_a_batch_that_fails_mid_write_leaves_nothing_and_is_not_recorded(engine, sink):
+    write(sink, 0, [doc_row("a", T0, offset=1)])
+    before = snapshot(engine)
+    bad = doc_row("c", T0, offset=3)
+    bad["p_negative"] = 1.5  # violates document_scores' CHECK, written after the documents
+    with pytest.raises(psycopg2.errors.CheckViolation, match="p_negative"):
+        write(sink, 1, [doc_row("b", T0, offset=2, tickers=["NVDA"]), bad, dl_row(4)])
+    assert snapshot(engine) == before
+    assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE batch_id = 1") == 0
+    # Spark retries the batch (with the record fixed upstream): it goes through as a whole.
+    report = write(sink, 1, [doc_row("b", T0, offset=2, tickers=["NVDA"]), doc_row("c", T0, offset=3), dl_row(4)])
+    assert not report.skipped and report.n_documents == 2
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+
+
+def test_late_documents_are_stored_and_counted_but_not_folded(engine, sink):
+    write(sink, 0, [doc_row("now", T0, offset=1)])
+    late_time = T0 - timedelta(days=2)
+    report = write(sink, 1, [doc_row("late", late_time, offset=2), doc_row("fresh", T0 + timedelta(hours=1), offset=3)])
+    assert report.n_late == 1
+    assert count(engine, "SELECT n_late FROM pipeline_batches WHERE batch_id = 1") == 1
+    assert count(engine, "SELECT count(*) FROM documents WHERE id = 'late'") == 1
+    assert count(engine, "SELECT count(*) FROM document_scores WHERE document_id = 'late'") == 1
+    assert count(engine, "SELECT count(*) FROM sentiment_windows WHERE window_start < :t", t=T0 - timedelta(days=1)) == 0
+    assert count(engine, "SELECT max_event_time FROM pipeline_batches WHERE batch_id = 1") == T0 + timedelta(hours=1)
+
+
+def test_dead_letters_keep_raw_bytes_and_envelope_columns(engine, sink):
+    row = dl_row(5, stage="ingest", reason="contract", topic="dlq", raw=b"\xff\x00raw")
+    row.update(dl_source="rss-feed", dl_url="https://example.com/x", dl_detail="text: empty")
+    write(sink, 0, [row])
+    write(sink, 1, [row])  # the same Kafka record re-read: no second row
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT stage, reason, raw_payload, raw_key, source_topic, source_offset, source, "
+                                    "url, detail, batch_id FROM dead_letters")).all()
+    assert len(rows) == 1
+    stage, reason, raw, key, topic, offset, source, url, detail, batch = rows[0]
+    assert (stage, reason, bytes(raw), bytes(key), topic, offset, source, url, detail, batch) == (
+        "ingest", "contract", b"\xff\x00raw", b"key", "dlq", 5, "rss-feed", "https://example.com/x", "text: empty", 0)
+
+
+def test_arrow_input_is_accepted(engine, sink):
+    import pyarrow as pa
+
+    from pipeline.rows import arrow_schema
+
+    table = pa.Table.from_pandas(frame([doc_row("a", T0, offset=1, tickers=["TSLA"]), dl_row(2)]),
+                                 schema=arrow_schema(), preserve_index=False)
+    report = sink.write_batch(0, table, scorer_name="test", started_at=datetime.now(timezone.utc))
+    assert (report.n_documents, report.n_dead) == (1, 1)
+    assert count(engine, "SELECT published_at FROM documents") == T0
+    assert count(engine, "SELECT count(*) FROM document_entities WHERE entity = 'TSLA'") == 1
