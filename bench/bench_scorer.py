@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from models.corpus import normalize_text
+    from models.corpus import model_text
     from models.network import bf16_supported
     from models.scorer import Scorer
 
@@ -84,7 +84,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scorer = Scorer.load(args.model, device=device)
     max_length = scorer.max_length
-    normalized = [normalize_text(t) for t in texts]
+    normalized = [model_text(t) for t in texts]
     scorer.score(texts[:64])  # warm-up: first oneDNN kernels are compiled lazily
 
     results: dict[str, dict] = {}

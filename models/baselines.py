@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.corpus import TASKS, Split, normalize_text
+from models.corpus import TASKS, Split, model_text
 from models.metrics import classification_report
 from models.network import DEFAULT_BASE, bf16_supported, mean_pool, resolve_base
 from models.scorer import autocast_context
@@ -26,7 +26,7 @@ def vader_report(split: Split) -> dict:
     analyzer = SentimentIntensityAnalyzer()
 
     def label(text: str) -> str:
-        compound = analyzer.polarity_scores(normalize_text(text))["compound"]
+        compound = analyzer.polarity_scores(model_text(text))["compound"]
         if compound >= VADER_THRESHOLD:
             return "positive"
         if compound <= -VADER_THRESHOLD:
@@ -46,7 +46,7 @@ def frozen_embeddings(texts: list[str], *, base: str = DEFAULT_BASE, max_length:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False).eval()
     device = torch.device("cpu")
-    normalized = [normalize_text(t) for t in texts]
+    normalized = [model_text(t) for t in texts]
     encoded = tokenizer(normalized, truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(x) for x in encoded], kind="stable")
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)

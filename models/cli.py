@@ -1,4 +1,4 @@
-"""``finpulse model``: train, evaluate, predict with and export the data of the sentiment + topic model."""
+"""``finpulse model``: train, evaluate, predict with, serve and export the data of the sentiment + topic model."""
 
 from __future__ import annotations
 
@@ -139,10 +139,13 @@ def eval_command(data_path, text_column, label_column, task, label_map, model_di
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV to write.")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model folder (default: FINPULSE_MODEL_DIR or the shipped model).")
-@click.option("--explain", is_flag=True, help="Add an `evidence` column: top words behind the sentiment.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--explain", is_flag=True, help="Add an `evidence` column: top words behind the sentiment (read from the first chunk).")
+@click.option("--max-chunks", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Read long texts over up to this many chunks of the model's max length.")
+@click.option("--token-budget", type=click.IntRange(64), default=None,
+              help="Padded tokens per model batch (default 4096 on CPU, 65536 on CUDA).")
 @click.option("--threads", type=int, default=None)
-def predict_command(input_path, text_column, output, model_dir, explain, batch_size, threads) -> None:
+def predict_command(input_path, text_column, output, model_dir, explain, max_chunks, token_budget, threads) -> None:
     """Score every row of a file; writes the input columns plus the prediction columns."""
     import pandas as pd
 
@@ -157,7 +160,7 @@ def predict_command(input_path, text_column, output, model_dir, explain, batch_s
     table = table.rename(columns={c: f"input_{c}" for c in table.columns if c in PREDICTION_COLUMNS + ["evidence"]})
     text_column = f"input_{text_column}" if text_column in PREDICTION_COLUMNS else text_column
     texts = [t if isinstance(t, str) else None for t in table[text_column].tolist()]
-    scorer = Scorer.load(model_dir, batch_size=batch_size)
+    scorer = Scorer.load(model_dir, max_chunks=max_chunks, token_budget=token_budget)
     scored = scorer.score_frame(texts)
     if explain:
         from models.explain import explain as explain_texts, format_evidence
@@ -168,6 +171,36 @@ def predict_command(input_path, text_column, output, model_dir, explain, batch_s
     result.to_csv(output, index=False)
     counts = result["sentiment"].value_counts(dropna=False).to_dict()
     click.echo(f"wrote {len(result)} rows to {output} ({scorer.version}); sentiment counts {counts}")
+
+
+@cli.command("serve")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Where the model runs (default: cuda when a GPU is visible, else cpu); with cuda, every visible GPU.")
+@click.option("--host", type=click.Choice(["127.0.0.1", "0.0.0.0", "::"]), default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1024, 65535), default=8008, show_default=True)
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model folder (default: FINPULSE_MODEL_DIR or the shipped model).")
+@click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Requests (each a list of texts) merged into one model pass.")
+@click.option("--batch-timeout", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="Seconds a request waits for others to fill a batch.")
+@click.option("--workers-per-device", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--max-chunks", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Chunks read per text when a request does not say.")
+@click.option("--token-budget", type=click.IntRange(64), default=None,
+              help="Padded tokens per model batch (default 4096 on CPU, 65536 on CUDA).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads per CPU worker.")
+@click.option("--request-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+              help="Seconds a request may wait and run before the server answers 504.")
+def serve_command(device, host, port, model_dir, max_batch_size, batch_timeout, workers_per_device, max_chunks,
+                  token_budget, threads, request_timeout) -> None:
+    """Serve the model over HTTP (LitServe): POST /score, GET /health, /info, /metrics/."""
+    from models.serve import default_device, run_server
+
+    run_server(host=host, port=port, device=device or default_device(),
+               model_dir=None if model_dir is None else str(model_dir), max_batch_size=max_batch_size,
+               batch_timeout=batch_timeout, workers_per_device=workers_per_device, threads=threads,
+               max_chunks=max_chunks, token_budget=token_budget, request_timeout=request_timeout)
 
 
 @cli.command("split")

@@ -28,8 +28,11 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 _SPACE = re.compile(r"\s+")
 
 
-def normalize_text(text: str) -> str:
-    """The one text clean-up used by training and inference alike.
+def model_text(text: str) -> str:
+    """The text the model reads: the one clean-up used by training and inference alike.
+
+    Not ``ingest.normalize.normalize_text`` (which prepares a document for storage and keeps
+    links); this one is applied on top of it, only where the model reads text.
 
     Links are dropped because a t.co link costs ~12 word pieces and carries no sentiment, and
     HTML entities (``&amp;``) are decoded because the tweet sets carry them raw.

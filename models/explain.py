@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from models.corpus import normalize_text
+from models.corpus import model_text
 from models.scorer import Scorer
 
 
@@ -24,7 +24,7 @@ def explain(scorer: Scorer, texts: list[str | None], *, top_k: int = 5, steps: i
     embeddings = network.encoder.get_input_embeddings()
     results: list[list[tuple[str, float]]] = []
     for raw in texts:
-        text = normalize_text(raw) if isinstance(raw, str) else ""
+        text = model_text(raw) if isinstance(raw, str) else ""
         if not text:
             results.append([])
             continue

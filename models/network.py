@@ -165,29 +165,64 @@ def model_version(model_dir: Path) -> str:
     return f"{config.get('name', MODEL_NAME)}-{config['mode']}-{digest.hexdigest()[:12]}"
 
 
+LORA_PREFIX = "base_model.model."
+LORA_A_SUFFIX = ".lora_A.weight"
+LORA_B_SUFFIX = ".lora_B.weight"
+
+
+def merge_lora(encoder: nn.Module, adapter: dict[str, torch.Tensor], *, scaling: float) -> int:
+    """Fold a saved peft LoRA adapter into ``encoder`` in place: ``W += (B @ A) * scaling``.
+
+    ``adapter`` is what ``get_peft_model_state_dict`` saved (keys like
+    ``base_model.model.encoder.layer.0.attention.self.query.lora_A.weight``); ``scaling`` is
+    ``lora_alpha / r`` (plain LoRA, no rsLoRA). This is what peft's ``merge_and_unload`` computes
+    for a linear layer, done without peft. Returns the number of merged modules; an adapter key
+    that names no module of ``encoder``, or anything but a lora_A/lora_B pair, is an error rather
+    than a silently unmerged layer.
+    """
+    modules = dict(encoder.named_modules())
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in adapter.items():
+        name = key.removeprefix(LORA_PREFIX)
+        if name.endswith(LORA_A_SUFFIX):
+            pairs.setdefault(name.removesuffix(LORA_A_SUFFIX), {})["A"] = value
+        elif name.endswith(LORA_B_SUFFIX):
+            pairs.setdefault(name.removesuffix(LORA_B_SUFFIX), {})["B"] = value
+        else:
+            raise ValueError(f"adapter key {key!r} is not a LoRA A/B weight; cannot merge it without peft")
+    for name, pair in pairs.items():
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear) or set(pair) != {"A", "B"}:
+            raise ValueError(f"adapter entry {name!r}: no linear layer of that name or A/B missing")
+        with torch.no_grad():
+            delta = (pair["B"].to(torch.float32) @ pair["A"].to(torch.float32)) * scaling
+            module.weight.add_(delta.to(module.weight.dtype))
+    return len(pairs)
+
+
+def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
+    """The absolute model folder: ``model_dir``, else ``FINPULSE_MODEL_DIR``, else the shipped model."""
+    if model_dir is None:
+        from finpulse.settings import get_settings
+
+        model_dir = get_settings().model_dir or SHIPPED_DIR
+    return Path(model_dir).expanduser().resolve()
+
+
 def load_model(model_dir: Path | None = None) -> LoadedModel:
     """Load a model folder for inference (LoRA merged into the base, eval mode, fp32 weights).
 
     ``None`` means ``FINPULSE_MODEL_DIR`` or, when that is unset, the shipped model.
     """
-    if model_dir is None:
-        from finpulse.settings import get_settings
-
-        model_dir = get_settings().model_dir or SHIPPED_DIR
-    model_dir = Path(model_dir)
+    model_dir = resolve_model_dir(model_dir)
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     folder = resolve_base(config["base_model"])
     encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
     if config["mode"] == "lora":
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
         lora = config["lora"]
-        wrapped = get_peft_model(
-            encoder, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["target_modules"])
-        )
-        set_peft_model_state_dict(wrapped, load_file(model_dir / ADAPTER_FILE))
-        # Merged once here, so inference runs the plain encoder and pays nothing for LoRA.
-        encoder = wrapped.merge_and_unload()
+        # Merged once here, so inference runs the plain encoder, pays nothing for LoRA and
+        # needs no peft import (Spark executors and the model server do not install it).
+        merge_lora(encoder, load_file(model_dir / ADAPTER_FILE), scaling=lora["alpha"] / lora["r"])
     else:
         encoder.load_state_dict(load_file(model_dir / ENCODER_FILE))
     labels = config["labels"]

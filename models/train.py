@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.corpus import TASKS, Split, normalize_text
+from models.corpus import TASKS, Split, model_text
 from models.metrics import classification_report, expected_calibration_error, fit_temperature
 from models.network import DEFAULT_BASE, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported, new_network, save_model
 from models.scorer import autocast_context, batched_logits
@@ -105,7 +105,7 @@ def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, 
     network.eval()
     logits_by_task = {}
     for task, split in splits.items():
-        texts = [normalize_text(t) for t in split.val["text"]]
+        texts = [model_text(t) for t in split.val["text"]]
         logits_by_task[task] = batched_logits(network, tokenizer, texts, max_length=config.max_length,
                                               batch_size=128, device=device, bf16=bf16)[0][task]
     network.train()
@@ -147,7 +147,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
     rows = []
     for task, split in splits.items():
         ids = split.train["label"].map({n: i for i, n in enumerate(TASKS[task])}).to_numpy()
-        rows.append(pd.DataFrame({"text": split.train["text"].map(normalize_text), "task": task, "y": ids}))
+        rows.append(pd.DataFrame({"text": split.train["text"].map(model_text), "task": task, "y": ids}))
     table = pd.concat(rows, ignore_index=True)
     table = table[table["text"] != ""].reset_index(drop=True)
     encoded = tokenizer(table["text"].tolist(), truncation=True, max_length=config.max_length)["input_ids"]

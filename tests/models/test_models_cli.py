@@ -59,7 +59,11 @@ def test_eval_writes_metrics_json(tmp_path):
     assert report["n"] == 3 and report["task"] == "sentiment"
     assert set(report["per_class"]) == {"negative", "neutral", "positive"}
     assert sum(map(sum, report["confusion_matrix"])) == 3
-    assert 0.0 <= report["macro_f1"] <= 1.0 and report["model_version"].startswith("finpulse-minilm-")
+    # Three unambiguous sentences, the label map applied: every one right (a wrong or ignored map,
+    # or a wrong column, shows up as an off-diagonal count).
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert report["macro_f1"] == 1.0 and report["accuracy"] == 1.0
+    assert report["model_version"].startswith("finpulse-minilm-")
     assert "macro-F1" in result.output
 
 

@@ -48,6 +48,6 @@ def test_topic_labels_accept_ids_and_names():
     assert mapped.tolist() == [corpus.TOPIC_LABELS[0], "Earnings", corpus.TOPIC_LABELS[19]]
 
 
-def test_normalize_text_drops_links_and_decodes_entities():
-    assert corpus.normalize_text("S&amp;P 500 up  https://t.co/QPN8Gwl7Uh \n") == "S&P 500 up"
-    assert corpus.normalize_text("   ") == ""
+def test_model_text_drops_links_and_decodes_entities():
+    assert corpus.model_text("S&amp;P 500 up  https://t.co/QPN8Gwl7Uh \n") == "S&P 500 up"
+    assert corpus.model_text("   ") == ""

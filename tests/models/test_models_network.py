@@ -8,25 +8,33 @@ import pytest
 import torch
 
 from models.corpus import TASKS
-from models.network import CONFIG_FILE, load_model, model_version, new_network, save_model
+from models.network import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    load_model,
+    merge_lora,
+    model_version,
+    new_network,
+    resolve_base,
+    save_model,
+)
 
 LABELS = {task: list(names) for task, names in TASKS.items()}
 TEXTS = ["Shares plunge after the company misses earnings", "Fed holds rates steady", "Record profit lifts stock"]
 
 
 def _perturbed(mode: str):
-    """A fresh network with every trainable weight nudged, so LoRA's zero-initialised B matters."""
+    """A fresh network with every trainable weight nudged: LoRA's zero-initialised B (lora) or the
+    whole encoder (full) then matters, so a model folder whose encoder part is not loaded fails."""
     network, tokenizer = new_network(base="sentence-transformers/all-MiniLM-L6-v2", labels=LABELS, mode=mode,
                                      lora_r=4, lora_alpha=8)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in network.parameters():
-            if param.requires_grad and mode == "lora":
+            if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    if mode == "full":
-        with torch.no_grad():
-            for head in network.heads.values():
-                head.weight.add_(torch.randn(head.weight.shape, generator=generator))
+        for head in network.heads.values():
+            head.weight.add_(torch.randn(head.weight.shape, generator=generator))
     return network.eval(), tokenizer
 
 
@@ -77,3 +85,40 @@ def test_version_changes_with_weights_and_temperature_but_not_metrics(tmp_path):
 def test_unknown_base_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         new_network(base=str(tmp_path), labels=LABELS, mode="lora")
+
+
+def test_full_mode_round_trip_needs_the_saved_encoder(tmp_path):
+    """The perturbation reaches the encoder: the untuned base with the saved heads is a different function."""
+    network, tokenizer = _perturbed("full")
+    save_model(network, out=tmp_path, config=_config("full"))
+    loaded = _probs(load_model(tmp_path).network, tokenizer)
+    base, _ = new_network(base="sentence-transformers/all-MiniLM-L6-v2", labels=LABELS, mode="full")
+    base.heads.load_state_dict(network.heads.state_dict())
+    untuned = _probs(base.eval(), tokenizer)
+    assert not torch.allclose(loaded["sentiment"], untuned["sentiment"], atol=1e-3)
+
+
+def test_merge_lora_equals_peft_merge_and_unload(tmp_path):
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    network, _ = _perturbed("lora")
+    save_model(network, out=tmp_path, config=_config("lora"))
+    adapter = load_file(tmp_path / ADAPTER_FILE)
+    folder = resolve_base("sentence-transformers/all-MiniLM-L6-v2")
+
+    ours = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    assert merge_lora(ours, adapter, scaling=8 / 4) == 6 * 6  # 6 layers x (q, k, v, 3 dense)
+    wrapped = get_peft_model(AutoModel.from_pretrained(folder, add_pooling_layer=False),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["query", "key", "value", "dense"]))
+    set_peft_model_state_dict(wrapped, adapter)
+    theirs = wrapped.merge_and_unload().state_dict()
+    base = AutoModel.from_pretrained(folder, add_pooling_layer=False).state_dict()
+    changed = 0
+    for name, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs[name], atol=1e-6, rtol=1e-5)
+        changed += not torch.equal(value, base[name])
+    assert changed == 36  # every targeted weight moved, nothing else
+    with pytest.raises(ValueError, match="not a LoRA"):
+        merge_lora(ours, {"base_model.model.encoder.layer.0.attention.self.query.weight": torch.zeros(1)}, scaling=1.0)

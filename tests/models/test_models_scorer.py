@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.corpus import DATA_DIR, normalize_text
+from models.corpus import DATA_DIR, model_text
 from models.network import bf16_supported
 from models.scorer import PREDICTION_COLUMNS, Scorer
 
@@ -43,7 +43,7 @@ def test_bad_inputs_give_results_not_exceptions(shipped_scorer):
     predictions = shipped_scorer.score(texts)
     assert len(predictions) == len(texts)
     for text, p in zip(texts, predictions, strict=True):
-        if text is None or not normalize_text(text):
+        if text is None or not model_text(text):
             # Unreadable input is flagged, never reported as a neutral score.
             assert p.status == "empty" and p.sentiment is None and math.isnan(p.p_neutral)
         else:

@@ -1,0 +1,117 @@
+"""``RemoteScorer``: the Scorer's ``score_arrays`` over HTTP, against ``finpulse model serve``.
+
+A server that stays unreachable or failing raises ``ScorerUnavailable``: the caller (a Spark
+batch) fails and is retried; no default score is ever made up here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from models.scorer import ScoreArrays
+
+log = logging.getLogger(__name__)
+
+SCORE_PATH = "/score"
+INFO_PATH = "/info"
+# Transient answers: worth another try after a pause. Anything else 4xx is our own bad request.
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class ScorerUnavailable(RuntimeError):
+    """The model server stayed unreachable or failing after retries (or gave an unusable answer)."""
+
+
+class ScorerRejected(ScorerUnavailable):
+    """The server refused the request itself (4xx other than 408/425/429): retrying cannot help."""
+
+
+class RemoteScorer:
+    """Same ``score_arrays`` signature and ``.version`` as ``models.scorer.Scorer``, over HTTP.
+
+    ``timeout`` bounds each attempt (connect, send, the server's work, read); ``retries`` is the
+    number of further attempts after the first, with exponential backoff and full jitter
+    (``backoff`` s, doubling, at most ``max_backoff`` s) on connection errors, timeouts, 5xx,
+    408/425/429 and malformed or misaligned answers.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 8.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self._version: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteScorer({self.url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def version(self) -> str:
+        """The served model version (from ``/info``, asked once; every response carries it too)."""
+        if self._version is None:
+            info = self._call("GET", INFO_PATH, None)
+            try:
+                self._version = str(info["model"]["model_version"])
+            except (KeyError, TypeError) as exc:
+                raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no model_version: {info!r:.200}") from exc
+        return self._version
+
+    def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
+        """Scores aligned with ``texts``; raises ``ScorerUnavailable``, never returns default scores."""
+        payload = {"texts": [t if isinstance(t, str) else None for t in texts], "max_chunks": max_chunks}
+        if not payload["texts"]:
+            return ScoreArrays.empty(0, model_version=self.version)
+
+        def parse(body) -> ScoreArrays:
+            arrays = ScoreArrays.from_dict(body)
+            if len(arrays) != len(payload["texts"]):
+                raise ValueError(f"{len(arrays)} scores for {len(payload['texts'])} texts")
+            return arrays
+
+        arrays = self._call("POST", SCORE_PATH, payload, parse=parse)
+        self._version = arrays.model_version
+        return arrays
+
+    def _call(self, method: str, path: str, payload: dict | None, *, parse=None):
+        """One request with retries; returns ``parse(json)`` (or the json)."""
+        url = f"{self.url}{path}"
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                pause = random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+                log.warning("model server %s: %s; retry %d/%d in %.2fs", url, last, attempt, self.retries, pause)
+                time.sleep(pause)
+            try:
+                response = self._client.request(method, url, json=payload)
+            except httpx.HTTPError as exc:  # connect/read/write errors and timeouts
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code >= 400:
+                raise ScorerRejected(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
+            try:
+                body = response.json()
+                return parse(body) if parse else body
+            except (ValueError, KeyError, TypeError) as exc:
+                last = f"unusable answer: {type(exc).__name__}: {exc}"
+                continue
+        raise ScorerUnavailable(f"{method} {url} failed {self.retries + 1} times; last: {last}")
