@@ -25,6 +25,8 @@ run: install
 	$(BIN)/finpulse run
 
 stop:
+	-$(BIN)/finpulse pipeline stop
+	-$(BIN)/finpulse alerts stop
 	$(BIN)/finpulse stack down
 
 status:
@@ -40,5 +42,7 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 clean:
+	-$(BIN)/finpulse pipeline stop
+	-$(BIN)/finpulse alerts stop
 	-$(BIN)/finpulse stack down --purge
 	rm -rf $(VENV) var

@@ -1,0 +1,496 @@
+"""The streaming job: Kafka (documents + dead-letter topics) -> processor -> Postgres, exactly once.
+
+Spark's native Kafka source reads both topics; each micro-batch goes through ``foreachBatch``:
+the executors parse, link and score the records (``mapInPandas`` with the processor of
+``pipeline.process``), the driver collects the processed rows once as Arrow and the sink writes
+them in one Postgres transaction keyed by batch id. Spark commits a batch to its checkpoint
+only after ``foreachBatch`` returned, and the sink skips a batch id it already committed, so a
+crash anywhere replays the batch without doubling it.
+
+The job runs the same in ``finpulse pipeline run`` (master from settings) and under
+``spark-submit`` (master and jars from spark-submit; see ``pipeline/submit.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from finpulse.settings import Settings, get_settings
+
+log = logging.getLogger("pipeline.job")
+
+_TRIGGER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# How long the job waits before restarting a query that failed (a batch that raised), doubling
+# up to the cap: a model server that is down must not make the job spin.
+RESTART_BACKOFF_S = (2.0, 60.0)
+
+
+class JobError(RuntimeError):
+    """The job cannot start (bad option, unreachable dependency). One line for the operator."""
+
+
+def parse_trigger(text: str) -> float:
+    """'2s' -> 2.0, '500ms' -> 0.5, '1m' -> 60.0 (seconds)."""
+    match = _TRIGGER.match(text or "")
+    if not match:
+        raise JobError(f"trigger {text!r}: expected a number and a unit, e.g. 2s, 500ms, 1m")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise JobError(f"trigger {text!r} must be positive")
+    return seconds
+
+
+def checkpoint_root(settings: Settings) -> Path:
+    root = settings.pipeline_checkpoint_dir or settings.home / "pipeline" / "checkpoint"
+    return Path(os.path.abspath(os.path.expanduser(root)))
+
+
+def state_dir(settings: Settings, query_name: str) -> Path:
+    """Where the job leaves its progress file (read by ``finpulse pipeline status``)."""
+    return settings.home / "pipeline" / "queries" / query_name
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    query_name: str
+    trigger_s: float
+    max_offsets_per_trigger: int | None
+    until_idle_s: float | None
+    scorer_url: str | None
+    master: str | None
+    checkpoint: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, trigger: str | None = None,
+                      max_offsets_per_trigger: int | None = None, until_idle_s: float | None = None,
+                      scorer_url: str | None = None, master: str | None = None,
+                      query_name: str | None = None) -> JobOptions:
+        name = query_name or settings.pipeline_query_name
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", name):
+            raise JobError(f"query name {name!r}: letters, digits, '.', '_' or '-' only (it names a folder)")
+        return cls(
+            query_name=name,
+            trigger_s=parse_trigger(trigger or settings.pipeline_trigger),
+            max_offsets_per_trigger=max_offsets_per_trigger or settings.pipeline_max_offsets_per_trigger,
+            until_idle_s=until_idle_s,
+            scorer_url=scorer_url or settings.pipeline_scorer_url,
+            master=master,
+            checkpoint=checkpoint_root(settings) / name,
+        )
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit started this driver: its JVM already has master and jars."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_spark(settings: Settings, *, master: str | None = None, app_name: str = "finpulse-pipeline"):
+    """The job's SparkSession: small shuffle, UTC, Arrow, reused Python workers, quiet logs."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if not under_spark_submit():
+        # Python workers run this interpreter (the project's venv), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.master(master or settings.spark_master)
+        # spark-submit hands the connector with --jars/--packages; locally the stack resolved it.
+        from stack import spark_jars  # lazily: only the local driver needs Maven
+
+        builder = builder.config("spark.jars", ",".join(spark_jars(settings)))
+        builder = builder.config("spark.ui.enabled", str(settings.spark_ui).lower())
+    conf = {
+        "spark.sql.shuffle.partitions": str(settings.pipeline_shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.python.worker.reuse": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+        "spark.ui.showConsoleProgress": "false",  # a progress bar in a service log is noise
+        # The job writes its own progress line per batch; Spark's per-trigger INFO chatter is noise.
+        "spark.sql.streaming.noDataProgressEventInterval": "10000",
+    }
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+@dataclass
+class _State:
+    """What the driver's threads share: the stop request, whether a batch is running, idle clock."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop_requested: bool = False
+    in_batch: bool = False
+    last_activity: float = field(default_factory=time.monotonic)
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failures: int = 0
+
+
+def progress_lag(progress: dict[str, Any] | None) -> int | None:
+    """Records behind the latest offsets when the batch was planned, summed over topics and partitions."""
+    if not progress:
+        return None
+    total = 0
+    seen = False
+    for source in progress.get("sources") or []:
+        latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))
+        if latest is None or end is None:
+            continue
+        for topic, parts in latest.items():
+            for part, offset in parts.items():
+                total += max(0, int(offset) - int(end.get(topic, {}).get(part, 0)))
+                seen = True
+    return total if seen else None
+
+
+def _offsets(value: Any) -> dict[str, dict[str, int]] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+class PipelineJob:
+    """One streaming query; ``run()`` blocks until stopped (signal, --until-idle) or fatally broken."""
+
+    def __init__(self, options: JobOptions, *, settings: Settings | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.options = options
+        self.settings = settings or get_settings()
+        self.state = _State()
+        self.on_progress = on_progress
+        self.status_file = state_dir(self.settings, options.query_name) / "progress.json"
+        self._logged_batches: set[int] = set()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _processor_config(self):
+        from pipeline.process import ProcessorConfig
+
+        s = self.settings
+        aliases = tuple(p.strip() for p in (s.pipeline_aliases_files or "").split(",") if p.strip())
+        return ProcessorConfig(
+            documents_topic=s.topic_documents,
+            dead_letter_topic=s.topic_dead_letters,
+            max_chunks=s.pipeline_max_chunks,
+            scorer_url=self.options.scorer_url,
+            model_dir=str(s.model_dir) if s.model_dir else None,
+            aliases_files=aliases,
+            max_message_bytes=s.pipeline_max_message_bytes,
+        )
+
+    def _sink(self):
+        from finpulse import db
+        from pipeline.sink import PostgresSink
+
+        s = self.settings
+        return PostgresSink(db.engine(s), query_name=self.options.query_name, widths=s.pipeline_windows,
+                            lateness=s.pipeline_lateness)
+
+    def _stream(self, spark):
+        s, o = self.settings, self.options
+        reader = (
+            spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", ",".join(s.bootstrap_servers))
+            .option("subscribe", f"{s.topic_documents},{s.topic_dead_letters}")
+            .option("startingOffsets", "earliest")
+            # Retention deleting records the job never read is reported, not fatal to the service.
+            .option("failOnDataLoss", "false")
+        )
+        if o.max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", str(o.max_offsets_per_trigger))
+        return reader.load().select("key", "value", "topic", "partition", "offset", "timestamp")
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def _batch_function(self, processor, sink, scorer_name: str):
+        from pipeline.rows import PROCESSED_DDL
+
+        state = self.state
+
+        def process_batch(batch_df, batch_id: int) -> None:
+            with state.lock:
+                state.in_batch = True
+            started_at = datetime.now(timezone.utc)
+            t0 = time.monotonic()
+            try:
+                # Collected once: the scored frame is never computed twice (a second action on it
+                # would score every record again).
+                rows = batch_df.mapInPandas(processor, PROCESSED_DDL).toArrow()
+                report = sink.write_batch(batch_id, rows, scorer_name=scorer_name, started_at=started_at)
+                elapsed = time.monotonic() - t0
+                figures = _report_dict(report)
+                figures["wall_s"] = round(elapsed, 3)
+                with state.lock:
+                    state.reports[batch_id] = figures
+                    if figures.get("n_input", rows.num_rows):
+                        state.last_activity = time.monotonic()
+                    state.failures = 0
+            finally:
+                with state.lock:
+                    state.in_batch = False
+
+        return process_batch
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "") -> None:
+        with self.state.lock:
+            if not self.state.stop_requested:
+                log.info("stop requested%s: finishing the batch in hand", f" ({reason})" if reason else "")
+            self.state.stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, spark=None) -> int:
+        """Run until stopped; returns the number of batches this process committed."""
+        from pipeline.process import make_processor
+
+        o = self.options
+        own_spark = spark is None
+        spark = spark or build_spark(self.settings, master=o.master)
+        processor = make_processor(self._processor_config())
+        sink = self._sink()
+        scorer_name = o.scorer_url or "in-process"
+        o.checkpoint.mkdir(parents=True, exist_ok=True)
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        backoff = RESTART_BACKOFF_S[0]
+        log.info("pipeline %s: topics %s + %s, trigger %.1fs, max %s records/batch, scorer %s, checkpoint %s",
+                 o.query_name, self.settings.topic_documents, self.settings.topic_dead_letters, o.trigger_s,
+                 o.max_offsets_per_trigger or "all", scorer_name, o.checkpoint)
+        try:
+            while True:
+                query = (
+                    self._stream(spark).writeStream.queryName(o.query_name)
+                    .foreachBatch(self._batch_function(processor, sink, scorer_name))
+                    .option("checkpointLocation", str(o.checkpoint))
+                    .trigger(processingTime=f"{int(o.trigger_s * 1000)} milliseconds")
+                    .start()
+                )
+                with self.state.lock:
+                    self.state.last_activity = time.monotonic()
+                    committed_before = len(self.state.reports)
+                self._write_status(query, state="running")
+                failure = self._watch(query)
+                if failure is None:
+                    break
+                # A failed batch was not committed: the restarted query replays it with the same
+                # batch id from the checkpoint.
+                with self.state.lock:
+                    self.state.failures += 1
+                    stop = self.state.stop_requested
+                    if len(self.state.reports) > committed_before:
+                        backoff = RESTART_BACKOFF_S[0]  # it had recovered: a new failure starts over
+                log.error("batch failed, query stopped: %s; restarting in %.0fs", _one_line(failure), backoff)
+                self._write_status(None, state="failed", error=_one_line(failure))
+                if stop or self._sleep_unless_stopped(backoff):
+                    break
+                backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+                with self.state.lock:
+                    self.state.last_activity = time.monotonic()
+        finally:
+            self._write_status(None, state="stopped")
+            sink_engine = getattr(sink, "engine", None)
+            if sink_engine is not None:
+                sink_engine.dispose()
+            if own_spark:
+                spark.stop()
+        return len(self.state.reports)
+
+    def _sleep_unless_stopped(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.state.stop_requested:
+                return True
+            time.sleep(0.2)
+        return self.state.stop_requested
+
+    def _watch(self, query) -> str | None:
+        """Poll the query; stop it between batches when asked or idle. Returns the failure, if any."""
+        idle = self.options.until_idle_s
+        while True:
+            try:
+                if query.awaitTermination(0.5):
+                    exc = query.exception()
+                    self._log_progress(query)
+                    return str(exc) if exc is not None else None
+            except Exception as exc:  # noqa: BLE001 - StreamingQueryException: the batch raised
+                self._log_progress(query)
+                return str(exc)
+            self._log_progress(query)
+            with self.state.lock:
+                in_batch = self.state.in_batch
+                stop = self.state.stop_requested
+                quiet_for = time.monotonic() - self.state.last_activity
+            if not stop and idle is not None and not in_batch and quiet_for >= idle:
+                # Idle means nothing left to read, not merely "no batch lately": Spark can take
+                # longer than S to plan its first batch.
+                lag = self._committed_lag()
+                if lag == 0:
+                    log.info("no new input for %.0fs and nothing left in the topics: stopping", quiet_for)
+                    self.request_stop("idle")
+                    stop = True
+                else:
+                    with self.state.lock:
+                        self.state.last_activity = time.monotonic()
+            if stop and not in_batch:
+                # Between batches: Spark has committed the last one. Should a new batch start in
+                # this instant, stopping interrupts it before its commit and it is replayed (and
+                # skipped by the sink if its transaction had committed) on the next start.
+                query.stop()
+                self._log_progress(query)
+                return None
+
+    def _committed_lag(self) -> int | None:
+        s = self.settings
+        try:
+            return kafka_lag(s, self.options.checkpoint, [s.topic_documents, s.topic_dead_letters])["lag"]
+        except Exception as exc:  # noqa: BLE001 - Kafka briefly unreachable: not idle, ask again later
+            log.warning("cannot read Kafka end offsets: %s", exc)
+            return None
+
+    def _log_progress(self, query) -> None:
+        """One line per committed batch, with the lag from Spark's progress report."""
+        try:
+            progresses = query.recentProgress
+        except Exception:  # noqa: BLE001 - the query is shutting down
+            return
+        for progress in progresses:
+            batch_id = progress.get("batchId")
+            with self.state.lock:
+                report = self.state.reports.get(batch_id)
+            if batch_id is None or report is None or batch_id in self._logged_batches:
+                continue
+            self._logged_batches.add(batch_id)
+            lag = progress_lag(progress)
+            report = {**report, "lag": lag, "at": datetime.now(timezone.utc).isoformat()}
+            records = progress.get("numInputRows")
+            if records is not None and not report.get("skipped") and records != report.get("n_input"):
+                # One processed row per Kafka record is the processor's contract; say so loudly.
+                log.error("batch %d: %d Kafka records in, %s processed rows out", batch_id, records,
+                          report.get("n_input"))
+            with self.state.lock:
+                self.state.reports[batch_id] = report
+            seconds = max(report["wall_s"], 0.001)  # the whole batch: read, score, write
+            log.info(
+                "batch %d: %d input, %d scored (%.0f/s), %d dead letters, %d late, %d duplicates, "
+                "%.2fs, lag %s%s",
+                batch_id, report.get("n_input", 0), report.get("n_scored", 0),
+                report.get("n_scored", 0) / seconds, report.get("n_dead", 0), report.get("n_late", 0),
+                report.get("n_duplicates", 0), report["wall_s"], "?" if lag is None else lag,
+                " (already committed: skipped)" if report.get("skipped") else "",
+            )
+            self._write_status(query, state="running", last_batch=report)
+            if self.on_progress:
+                self.on_progress(report)
+
+    def _write_status(self, query, *, state: str, last_batch: dict | None = None, error: str | None = None) -> None:
+        previous = {}
+        try:
+            previous = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            pass
+        status = {
+            **previous,
+            "query_name": self.options.query_name,
+            "state": state,
+            "pid": os.getpid(),
+            "updated_at": datetime.now(timezone.utc).isoformat(),
+            "checkpoint": str(self.options.checkpoint),
+            "scorer": self.options.scorer_url or "in-process",
+        }
+        if last_batch is not None:
+            status["last_batch"] = last_batch
+        if error is not None:
+            status["last_error"] = error
+        tmp = self.status_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(status, default=str, indent=1))
+            tmp.replace(self.status_file)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_file, exc)
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    if hasattr(report, "__dataclass_fields__"):
+        data = asdict(report)
+    elif hasattr(report, "_asdict"):
+        data = report._asdict()
+    elif isinstance(report, dict):
+        data = dict(report)
+    else:
+        data = {k: v for k, v in vars(report).items() if not k.startswith("_")}
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    # Spark wraps the Python error in JVM and PySpark frames; the last "module.Type: message"
+    # line that is not Spark's own wrapper names what went wrong.
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*: \S", line) and not line.startswith(("pyspark.", "py4j.", "org.apache.", "java.")):
+            return line[:500]
+    return (lines[0] if lines else "unknown error")[:500]
+
+
+def read_checkpoint_offsets(checkpoint: Path) -> tuple[int | None, dict[str, dict[str, int]]]:
+    """(last committed batch id, its end offsets per topic and partition) from a Spark checkpoint."""
+    commits = sorted((int(p.name) for p in (checkpoint / "commits").glob("[0-9]*") if p.name.isdigit()),
+                     reverse=True)
+    for batch_id in commits:
+        path = checkpoint / "offsets" / str(batch_id)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        offsets: dict[str, dict[str, int]] = {}
+        for line in lines[2:]:  # "v1", batch metadata, then one line per source
+            value = _offsets(line)
+            if value:
+                for topic, parts in value.items():
+                    offsets.setdefault(topic, {}).update({str(k): int(v) for k, v in parts.items()})
+        return batch_id, offsets
+    return None, {}
+
+
+def kafka_lag(settings: Settings, checkpoint: Path, topics: list[str]) -> dict[str, Any]:
+    """Records in ``topics`` not yet committed by the query whose checkpoint is ``checkpoint``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    batch_id, committed = read_checkpoint_offsets(checkpoint)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="finpulse-pipeline-status",
+                             request_timeout_ms=15_000)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        ends = consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        consumer.close()
+    per_topic: dict[str, int] = {}
+    for tp, end in ends.items():
+        done = committed.get(tp.topic, {}).get(str(tp.partition), 0)
+        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, end - done)
+    return {"checkpoint_batch": batch_id, "lag": sum(per_topic.values()), "lag_per_topic": per_topic,
+            "end_offsets": sum(ends.values())}

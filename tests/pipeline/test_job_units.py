@@ -1,0 +1,62 @@
+"""The job's pure parts, without Spark: option parsing, lag arithmetic, checkpoint reading, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.job import JobError, JobOptions, parse_trigger, progress_lag, read_checkpoint_offsets
+from tests.pipeline.conftest import REPO
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), (" 1.5 s ", 1.5)])
+def test_parse_trigger(text, seconds):
+    assert parse_trigger(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2", "two seconds", "0s", "-1s"])
+def test_parse_trigger_rejects(text):
+    with pytest.raises(JobError):
+        parse_trigger(text)
+
+
+def test_options_reject_a_query_name_that_is_not_a_folder_name(settings):
+    with pytest.raises(JobError, match="query name"):
+        JobOptions.from_settings(settings, query_name="../escape")
+    options = JobOptions.from_settings(settings, query_name="q-1", trigger="500ms", max_offsets_per_trigger=7)
+    assert options.checkpoint.name == "q-1" and options.trigger_s == 0.5 and options.max_offsets_per_trigger == 7
+
+
+def test_progress_lag_sums_latest_minus_end_over_topics_and_partitions():
+    progress = {"sources": [{
+        "latestOffset": json.dumps({"docs": {"0": 10, "1": 7}, "dl": {"0": 3}}),
+        "endOffset": {"docs": {"0": 4, "1": 7}, "dl": {"0": 1}},
+    }]}
+    assert progress_lag(progress) == 8
+    assert progress_lag(None) is None
+    assert progress_lag({"sources": [{"latestOffset": None, "endOffset": None}]}) is None
+
+
+def test_read_checkpoint_offsets_uses_the_last_committed_batch(tmp_path):
+    (tmp_path / "offsets").mkdir()
+    (tmp_path / "commits").mkdir()
+    meta = '{"batchWatermarkMs":0,"batchTimestampMs":1}'
+    (tmp_path / "offsets" / "0").write_text(f'v1\n{meta}\n{{"docs":{{"0":5,"1":2}}}}')
+    (tmp_path / "offsets" / "1").write_text(f'v1\n{meta}\n{{"docs":{{"0":9,"1":4}}}}')  # planned, not committed
+    (tmp_path / "commits" / "0").write_text("v1\n{}")
+    assert read_checkpoint_offsets(tmp_path) == (0, {"docs": {"0": 5, "1": 2}})
+    assert read_checkpoint_offsets(tmp_path / "missing") == (None, {})
+
+
+def test_pipeline_help_does_not_start_spark():
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import cli; "
+            "r = [CliRunner().invoke(cli, a) for a in (['--help'], ['run', '--help'], ['start', '--help'])]; "
+            "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; "
+            "assert 'pyspark' not in sys.modules and 'torch' not in sys.modules; print(r[1].output)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for option in ("--trigger", "--max-offsets-per-trigger", "--until-idle", "--scorer", "--master", "--query-name"):
+        assert option in out.stdout
