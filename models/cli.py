@@ -42,12 +42,20 @@ def cli() -> None:
 @click.option("--evals-per-epoch", type=int, default=2, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only this many rows per source file (smoke tests).")
+@click.option("--with-comments", is_flag=True,
+              help="Also train the sentiment head on the bundled StockTwits comments' training part (weak bullish/bearish "
+                   "tags, binary loss); their held-out part (comments-split, same --seed) is never trained on.")
+@click.option("--comment-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of the comments' loss against the labelled heads'.")
+@click.option("--with-entities", is_flag=True,
+              help="Also train an entity head on the bundled SEntFiN (headline, entity) rows (held-out test headlines left out).")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,
                   batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, seed, val_fraction,
-                  evals_per_epoch, patience, limit, threads, no_progress) -> None:
-    """Train the two-head model and write it (LoRA adapter or encoder, heads, config) to --out."""
+                  evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, threads,
+                  no_progress) -> None:
+    """Train the two-head model (three with --with-entities) and write it (LoRA adapter or encoder, heads, config) to --out."""
     from models import corpus
     from models.network import DEFAULT_BASE
     from models.train import TrainConfig, train
@@ -64,13 +72,30 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
         topic_frames = [f.sample(n=min(limit, len(f)), random_state=seed) for f in topic_frames]
     sentiment = corpus.build_split("sentiment", sentiment_frames, val_fraction=val_fraction, seed=seed)
     topic = corpus.build_split("topic", topic_frames, val_fraction=val_fraction, seed=seed)
+    comments = entity = None
+    if with_comments:
+        from models.evaluate_ood import comments_split
+
+        comments = comments_split(seed=seed)[0]
+        if limit:
+            comments = comments.sample(n=min(limit, len(comments)), random_state=seed)
+    if with_entities:
+        from models.corpus import Split
+        from models.entity import entity_splits
+
+        entity = entity_splits(seed=seed, sentence_val_fraction=val_fraction)[0]
+        if limit:
+            entity = Split(task=entity.task, train=entity.train.sample(n=min(limit, len(entity.train)), random_state=seed),
+                           val=entity.val.sample(n=min(limit, len(entity.val)), random_state=seed))
     config = TrainConfig(
         out=out, mode=mode, base=base or DEFAULT_BASE, seed=seed, val_fraction=val_fraction, max_length=max_length,
         batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr_encoder=lr_encoder, lr_heads=lr_heads,
         lora_r=lora_r, lora_alpha=lora_alpha, evals_per_epoch=evals_per_epoch, patience=patience,
-        sentiment_source=source, progress=not no_progress, threads=threads,
+        sentiment_source=source, progress=not no_progress, threads=threads, comment_weight=comment_weight,
+        comments_source="bundled: StockTwits self-tagged comments, training part" if with_comments else None,
+        entity_source="bundled: SEntFiN entity rows, training headlines" if with_entities else None,
     )
-    result = train(config, sentiment=sentiment, topic=topic)
+    result = train(config, sentiment=sentiment, topic=topic, entity=entity, comments=comments)
     summary = {task: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
                for task, m in result.metrics.items()}
     click.echo(json.dumps({"out": str(result.out), "model_version": result.version,
@@ -144,8 +169,11 @@ def eval_command(data_path, text_column, label_column, task, label_map, model_di
               help="Read long texts over up to this many chunks of the model's max length.")
 @click.option("--token-budget", type=click.IntRange(64), default=None,
               help="Padded tokens per model batch (default 4096 on CPU, 65536 on CUDA).")
+@click.option("--entity-column", default=None,
+              help="Also score sentiment towards the entity in this column (entity_* columns; needs a model with an entity head).")
 @click.option("--threads", type=int, default=None)
-def predict_command(input_path, text_column, output, model_dir, explain, max_chunks, token_budget, threads) -> None:
+def predict_command(input_path, text_column, output, model_dir, explain, max_chunks, token_budget, entity_column,
+                    threads) -> None:
     """Score every row of a file; writes the input columns plus the prediction columns."""
     import pandas as pd
 
@@ -160,8 +188,15 @@ def predict_command(input_path, text_column, output, model_dir, explain, max_chu
     table = table.rename(columns={c: f"input_{c}" for c in table.columns if c in PREDICTION_COLUMNS + ["evidence"]})
     text_column = f"input_{text_column}" if text_column in PREDICTION_COLUMNS else text_column
     texts = [t if isinstance(t, str) else None for t in table[text_column].tolist()]
+    if entity_column is not None and entity_column not in table.columns:
+        raise click.UsageError(f"{input_path} has no column {entity_column!r}; columns: {list(table.columns)}")
     scorer = Scorer.load(model_dir, max_chunks=max_chunks, token_budget=token_budget)
+    if entity_column is not None and "entity" not in scorer.labels:
+        raise click.UsageError(f"model {scorer.version} has no entity head: train one with --with-entities")
     scored = scorer.score_frame(texts)
+    if entity_column is not None:
+        entities = [e if isinstance(e, str) else None for e in table[entity_column].tolist()]
+        scored = pd.concat([scored, scorer.score_pairs(texts, entities).to_frame()], axis=1)
     if explain:
         from models.explain import explain as explain_texts, format_evidence
 
@@ -243,3 +278,9 @@ def baselines_command(json_out, seed, val_fraction, threads) -> None:
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(results, indent=2) + "\n")
     click.echo(f"wrote {json_out}")
+
+
+# Evaluation commands (out-of-domain data, checklist, calibration, faithfulness, entities) live in models/eval_cli.py.
+from models.eval_cli import register as _register_eval_commands  # noqa: E402
+
+_register_eval_commands(cli)

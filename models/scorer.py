@@ -462,6 +462,13 @@ class Scorer:
             for i in range(len(arrays))
         ]
 
+    def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]):
+        """Sentiment towards ``entities[i]`` in ``texts[i]`` for all pairs in one batch (``models.entity.EntityArrays``);
+        the model needs an ``entity`` head (ValueError otherwise)."""
+        from models.entity import score_pairs
+
+        return score_pairs(self, texts, entities)
+
     def score_frame(self, texts: list[str | None] | pd.Series, *, max_chunks: int | None = None) -> pd.DataFrame:
         """``score_arrays`` as a DataFrame with ``PREDICTION_COLUMNS``, index 0..n-1 (for pandas UDFs)."""
         return self.score_arrays(list(texts), max_chunks=max_chunks).to_frame()

@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.corpus import TASKS, Split, model_text
+from models.corpus import SENTIMENT_LABELS, TASKS, Split, model_text
 from models.metrics import classification_report, expected_calibration_error, fit_temperature
 from models.network import DEFAULT_BASE, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported, new_network, save_model
 from models.scorer import autocast_context, batched_logits
+from models.weak_labels import binary_tag_loss, tag_ids, tag_weights
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -53,6 +54,9 @@ class TrainConfig:
     evals_per_epoch: int = 2
     patience: int = 3  # evaluations without a better validation score before stopping
     sentiment_source: str = "bundled: tweets sentiment + SEntFiN headlines"
+    comments_source: str | None = None  # weakly tagged comments (bullish/bearish) for the sentiment head
+    comment_weight: float = 1.0  # their loss's weight against the labelled heads'
+    entity_source: str | None = None  # (text, entity) pairs for the entity head
     progress: bool = True
     threads: int | None = None
 
@@ -112,9 +116,14 @@ def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, 
     return logits_by_task
 
 
+def task_labels(task: str) -> list[str]:
+    """A head's label names: the entity head reads sentiment towards an entity, so it has the sentiment labels."""
+    return list(TASKS.get(task, SENTIMENT_LABELS))
+
+
 def report(task: str, logits: torch.Tensor, split: Split, *, temperature: float = 1.0) -> dict:
     """Classification report of one head on its validation split, plus NLL and ECE at ``temperature``."""
-    names = list(TASKS[task])
+    names = task_labels(task)
     targets = torch.tensor([names.index(x) for x in split.val["label"]])
     predicted = [names[i] for i in logits.argmax(1).tolist()]
     result = classification_report(split.val["label"].tolist(), predicted, labels=names)
@@ -129,14 +138,23 @@ def _score(metrics: dict) -> float:
     return float(np.mean([m["macro_f1"] for m in metrics.values()]))
 
 
-def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) -> TrainResult:
-    """Train, select on validation, calibrate and save to ``config.out``."""
+def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, entity: Split | None = None,
+          comments: pd.DataFrame | None = None) -> TrainResult:
+    """Train, select on validation, calibrate and save to ``config.out``.
+
+    ``entity``: a split of pair texts (``models.entity.pair_text``) for a third head, ``entity``.
+    ``comments``: weakly tagged texts (``text``, ``label`` bullish/bearish) that train the sentiment
+    head through ``models.weak_labels.binary_tag_loss`` (they are not in validation: hold them out
+    with ``models.evaluate_ood.comments_split`` and evaluate with ``finpulse model eval-ood``).
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     started = time.monotonic()
-    splits = {s.task: s for s in (sentiment, topic) if s is not None}
+    splits = {s.task: s for s in (sentiment, topic, entity) if s is not None}
     labels = {task: list(names) for task, names in TASKS.items()}
+    if entity is not None:
+        labels[entity.task] = task_labels(entity.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = bf16_supported(device)
     network, tokenizer = new_network(base=config.base, labels=labels, mode=config.mode,
@@ -146,13 +164,18 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
     # One table of training rows: text, and a label id for one head (IGNORE for the other).
     rows = []
     for task, split in splits.items():
-        ids = split.train["label"].map({n: i for i, n in enumerate(TASKS[task])}).to_numpy()
+        ids = split.train["label"].map({n: i for i, n in enumerate(task_labels(task))}).to_numpy()
         rows.append(pd.DataFrame({"text": split.train["text"].map(model_text), "task": task, "y": ids}))
+    if comments is not None and len(comments):
+        rows.append(pd.DataFrame({"text": comments["text"].map(model_text), "task": "comments",
+                                  "y": tag_ids(comments["label"])}))
     table = pd.concat(rows, ignore_index=True)
     table = table[table["text"] != ""].reset_index(drop=True)
     encoded = tokenizer(table["text"].tolist(), truncation=True, max_length=config.max_length)["input_ids"]
     lengths = np.array([len(x) for x in encoded])
     targets = {task: np.where(table["task"] == task, table["y"], IGNORE).astype(np.int64) for task in labels}
+    comment_tags = np.where(table["task"] == "comments", table["y"], IGNORE).astype(np.int64)
+    comment_weights = tag_weights(comment_tags, power=config.class_weight_power).to(device)
     losses = {
         task: torch.nn.CrossEntropyLoss(
             weight=_class_weights(targets[task], len(names), config.class_weight_power).to(device),
@@ -202,7 +225,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
         stale = 0
         temperature = {task: 1.0 for task in labels}
         for task, value in logits.items():
-            y = torch.tensor([list(TASKS[task]).index(x) for x in splits[task].val["label"]])
+            y = torch.tensor([task_labels(task).index(x) for x in splits[task].val["label"]])
             temperature[task] = fit_temperature(value, y)
         calibrated = {task: report(task, value, splits[task], temperature=temperature[task])
                       for task, value in logits.items()}
@@ -210,7 +233,8 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
         model_config = _model_config(config, labels=labels, temperature=temperature, metrics=calibrated,
                                      history=history, extra={"best_step": step, "seconds": round(seconds, 1),
                                      "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
-                                     "train_rows": {t: len(s.train) for t, s in splits.items()},
+                                     "train_rows": {**{t: len(s.train) for t, s in splits.items()},
+                                                    "comments": int((comment_tags != IGNORE).sum())},
                                      "val_rows": {t: len(s.val) for t, s in splits.items()}})
         version = save_model(network, out=Path(config.out), config=model_config)
         (Path(config.out) / "val_metrics.json").write_text(json.dumps(calibrated, indent=2) + "\n")
@@ -227,6 +251,9 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None) 
                 y = torch.from_numpy(targets[task][batch_index]).to(device)
                 if (y != IGNORE).any():
                     loss = loss + losses[task](logits[task], y)
+            tags = torch.from_numpy(comment_tags[batch_index]).to(device)
+            if (tags != IGNORE).any():
+                loss = loss + config.comment_weight * binary_tag_loss(logits["sentiment"], tags, weights=comment_weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder_params + head_params, 1.0)
             optimizer.step()

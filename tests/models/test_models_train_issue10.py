@@ -1,0 +1,116 @@
+"""Issue 10's training paths, proven end to end on tiny models (seconds, not shipped): weakly tagged
+comments through the binary loss, and an entity head on (headline, entity) pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from models import corpus
+from models.corpus import Split
+from models.entity import entity_eval, entity_splits
+from models.evaluate_ood import comments_split
+from models.scorer import Scorer
+from models.train import TrainConfig, train
+
+
+def _sample(frames, n):
+    return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def data():
+    sentiment = corpus.build_split("sentiment", _sample(corpus.default_sentiment_frames(), 40), val_fraction=0.2, seed=1)
+    topic = corpus.build_split("topic", _sample(corpus.default_topic_frames(), 4), val_fraction=0.2, seed=1)
+    split, test = entity_splits(seed=13)
+    entity = Split(task="entity", train=split.train.groupby("label").sample(n=60, random_state=0),
+                   val=split.val.groupby("label").sample(n=15, random_state=0))
+    comments = comments_split(seed=13)[0].groupby("label").sample(n=80, random_state=0).reset_index(drop=True)
+    return sentiment, topic, entity, test, comments
+
+
+def _train(out, data, *, with_comments: bool, with_entity: bool):
+    sentiment, topic, entity, _, comments = data
+    config = TrainConfig(out=out, mode="lora", max_length=40, batch_size=32, epochs=2, max_steps=24,
+                         evals_per_epoch=1, patience=10, progress=False, seed=3, lr_encoder=2e-3, lr_heads=5e-3,
+                         comment_weight=2.0)
+    return train(config, sentiment=sentiment, topic=topic, entity=entity if with_entity else None,
+                 comments=comments if with_comments else None)
+
+
+@pytest.fixture(scope="module")
+def issue10_model(tmp_path_factory, data):
+    return _train(tmp_path_factory.mktemp("issue10-model"), data, with_comments=True, with_entity=True)
+
+
+def test_the_model_folder_has_an_entity_head_and_records_the_comments(issue10_model):
+    config = json.loads((issue10_model.out / "config.json").read_text())
+    assert config["labels"]["entity"] == ["negative", "neutral", "positive"]
+    assert set(config["temperature"]) == {"sentiment", "topic", "entity"}
+    assert config["train"]["train_rows"]["comments"] == 160
+    assert "entity" in issue10_model.metrics
+
+
+def test_score_pairs_on_the_trained_model(issue10_model, data):
+    scorer = Scorer.load(issue10_model.out, device="cpu")
+    texts = ["Gold shines on seasonal demand; Silver dull", "Gold shines on seasonal demand; Silver dull", "", "x"]
+    arrays = scorer.score_pairs(texts, ["Gold", "Silver", "Gold", None])
+    assert arrays.status.tolist() == ["ok", "ok", "empty", "empty"]
+    total = arrays.p_negative[:2] + arrays.p_neutral[:2] + arrays.p_positive[:2]
+    assert np.allclose(total, 1.0, atol=1e-4) and set(arrays.sentiment[:2]) <= {"negative", "neutral", "positive"}
+    # The pair really carries the entity: the two entities of one headline get different probabilities.
+    assert arrays.p_positive[0] != arrays.p_positive[1]
+    # Sentence-level scoring of the same model is unaffected by the third head.
+    assert scorer.score_arrays(["Shares plunge"]).status.tolist() == ["ok"]
+    report = entity_eval(scorer, data[3].sample(n=60, random_state=0))
+    assert report["entity_head"]["all"]["n"] == 60 and report["copy_document_label"]["all"]["n"] == 60
+
+
+def test_predict_entity_column(issue10_model, tmp_path):
+    from models.cli import cli
+
+    source = tmp_path / "pairs.csv"
+    pd.DataFrame({"text": ["Acme slumps as Globex gains", "Acme slumps as Globex gains"],
+                  "ticker": ["Acme", "Globex"]}).to_csv(source, index=False)
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["predict", "--input", str(source), "--output", str(out), "--model",
+                                      str(issue10_model.out), "--entity-column", "ticker"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert {"sentiment", "entity_sentiment", "entity_p_negative", "entity_p_positive", "entity_status"} <= set(frame.columns)
+    assert frame["entity_status"].tolist() == ["ok", "ok"]
+    # Both rows have the same text, so the same document-level sentiment; the entity columns differ by entity.
+    assert frame["p_negative"].nunique() == 1 and frame["entity_p_negative"].nunique() == 2
+
+
+def test_predict_entity_column_needs_an_entity_head(tmp_path):
+    from models.cli import cli
+
+    source = tmp_path / "pairs.csv"
+    pd.DataFrame({"text": ["Acme slumps"], "ticker": ["Acme"]}).to_csv(source, index=False)
+    result = CliRunner().invoke(cli, ["predict", "--input", str(source), "--output", str(tmp_path / "o.csv"),
+                                      "--entity-column", "ticker"])
+    assert result.exit_code != 0 and "no entity head" in result.output
+    result = CliRunner().invoke(cli, ["predict", "--input", str(source), "--output", str(tmp_path / "o.csv"),
+                                      "--entity-column", "nope"])
+    assert result.exit_code != 0 and "no column 'nope'" in result.output
+
+
+def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, tmp_path):
+    """Same seed and data, without the comments: on the tagged texts, the signed margin
+    logit_pos - logit_neg (positive when the model leans the tagged way) is larger with them."""
+    comments = data[4]
+    sign = np.where(comments["label"] == "bullish", 1.0, -1.0)
+
+    def signed_margin(model_dir):
+        scorer = Scorer.load(model_dir, device="cpu")
+        distributions, _ = scorer.probabilities(comments["text"].tolist(), max_chunks=1)
+        p = distributions["sentiment"]
+        return float(np.nanmean(sign * (np.log(p[:, 2]) - np.log(p[:, 0]))))
+
+    without = _train(tmp_path / "no-comments", data, with_comments=False, with_entity=True)
+    assert signed_margin(issue10_model.out) > signed_margin(without.out)
