@@ -49,9 +49,8 @@ CREATE TEMP TABLE IF NOT EXISTS {POINTS_TABLE} (
 ) ON COMMIT DROP
 """
 
-# The stored points of the documents with ids in %(ids)s for model version %(mv)s. Used before the
-# upsert (where re-sent documents were) and after it (where the batch's documents are now).
-POINTS_OF_DOCUMENTS = f"""
+# The points of stored documents: one per dimension a document counts in, at its event time.
+_INSERT_DOCUMENT_POINTS = f"""
 INSERT INTO {POINTS_TABLE} (dimension, key, model_version, event_time)
 SELECT p.dimension, p.key, s.model_version, d.published_at
 FROM documents d
@@ -63,23 +62,14 @@ CROSS JOIN LATERAL (
     UNION ALL SELECT 'ticker', e.entity FROM document_entities e
               WHERE e.document_id = d.id AND e.model_version = ''
 ) p
-WHERE d.id = ANY(%(ids)s)
 """
 
+# The stored points of the documents with ids in %(ids)s for the model versions in %(mvs)s. Used before the
+# upsert (where re-sent documents were) and after it (where the batch's documents are now).
+POINTS_OF_DOCUMENTS = _INSERT_DOCUMENT_POINTS + "WHERE d.id = ANY(%(ids)s)\n"
+
 # Every document and existing window overlapping [since, until), for backfill.
-POINTS_OF_RANGE = f"""
-INSERT INTO {POINTS_TABLE} (dimension, key, model_version, event_time)
-SELECT p.dimension, p.key, s.model_version, d.published_at
-FROM documents d
-JOIN document_scores s ON s.document_id = d.id AND s.model_version = ANY(%(mvs)s)
-CROSS JOIN LATERAL (
-    SELECT 'all'::text AS dimension, '*'::text AS key
-    UNION ALL SELECT 'source', d.source
-    UNION ALL SELECT 'topic', s.topic WHERE s.topic IS NOT NULL
-    UNION ALL SELECT 'ticker', e.entity FROM document_entities e
-              WHERE e.document_id = d.id AND e.model_version = ''
-) p
-WHERE d.published_at >= %(since)s AND d.published_at < %(until)s;
+POINTS_OF_RANGE = _INSERT_DOCUMENT_POINTS + "WHERE d.published_at >= %(since)s AND d.published_at < %(until)s;\n" + f"""
 
 INSERT INTO {POINTS_TABLE} (dimension, key, model_version, event_time)
 SELECT w.dimension, w.key, w.model_version, w.window_start

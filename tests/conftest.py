@@ -7,6 +7,7 @@ operator's ``./var`` stack, and stops it at the end. Tests that use it are marke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -77,13 +78,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def fresh_db(stack):
-    """A new, migrated database on the test cluster for one test, dropped afterwards.
-
-    Yields Settings whose ``database_url`` points at it; for a subprocess, pass
-    ``FINPULSE_DATABASE_URL=settings.database_url.get_secret_value()`` in its environment.
-    """
+@contextlib.contextmanager
+def scratch_database(stack):
+    """A new, migrated database on the test cluster, dropped on exit; yields Settings pointing at it."""
     import sqlalchemy as sa
     from pydantic import SecretStr
 
@@ -98,7 +95,20 @@ def fresh_db(stack):
     engine = db.engine(settings)
     db.migrate(engine)
     engine.dispose()
-    yield settings
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    try:
+        yield settings
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
+def fresh_db(stack):
+    """A new, migrated database on the test cluster for one test, dropped afterwards.
+
+    Yields Settings whose ``database_url`` points at it; for a subprocess, pass
+    ``FINPULSE_DATABASE_URL=settings.database_url.get_secret_value()`` in its environment.
+    """
+    with scratch_database(stack) as settings:
+        yield settings

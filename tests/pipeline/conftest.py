@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import scratch_database  # used here and by the job tests
+
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
 # All event times lie within two hours, far inside the sink's default 1-day lateness, so no
@@ -142,31 +144,6 @@ def produce(settings, topics: Topics, messages: list[Message]) -> None:
         producer.flush()
     finally:
         producer.close()
-
-
-@contextlib.contextmanager
-def scratch_database(stack):
-    """A new migrated database (like tests/conftest.py's fresh_db, but usable at module scope)."""
-    import sqlalchemy as sa
-    from pydantic import SecretStr
-
-    from finpulse import db
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = db.engine(stack, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.engine.make_url(stack.sqlalchemy_url().get_secret_value()).set(database=name)
-    settings = stack.model_copy(update={"database_url": SecretStr(url.render_as_string(hide_password=False))})
-    engine = db.engine(settings)
-    db.migrate(engine)
-    engine.dispose()
-    try:
-        yield settings
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def job_env(settings, topics: Topics, workdir: Path, **extra: str) -> dict[str, str]:

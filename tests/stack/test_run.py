@@ -15,7 +15,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from tests.pipeline.conftest import REPO, scratch_database
+from tests.conftest import scratch_database
+from tests.pipeline.conftest import REPO
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.stack]
 
