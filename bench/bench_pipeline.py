@@ -221,6 +221,18 @@ def bench_scorer(texts: list[str], threads: int) -> dict:
             "model_version": scorer.version, "bf16": bool(getattr(scorer, "bf16", False))}
 
 
+def warm_up(settings, topic: str, job: "Job") -> None:
+    """Documents on every partition through the job before any clock starts, so that Spark is up
+    and every Python worker has loaded the model (each loads it at its first task)."""
+    warm = documents([f"warm-up document {i}" for i in range(3 * WARM_PARTITIONS)], f"warm-{topic}")
+    produce(settings, topic, warm)
+    deadline = time.monotonic() + 600
+    while count_documents(settings, f"warm-{topic}") < len(warm):
+        if time.monotonic() > deadline or job.proc.poll() is not None:
+            raise RuntimeError(f"the job did not start; see {job.log}")
+        time.sleep(0.5)
+
+
 def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> dict:
     import sqlalchemy as sa
 
@@ -229,18 +241,24 @@ def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> d
 
     topic = f"bench.pipeline.{uuid.uuid4().hex[:8]}"
     ensure_topics([topic, topic + ".dl"], settings=settings)
-    produce(settings, topic, documents(texts, "e2e"))
     job = Job(settings, topic, workdir, threads)
     job.start("--until-idle", "5", "--query-name", "bench")
-    job.wait(timeout=1800)
+    warm_up(settings, topic, job)
     engine = db.engine(settings)
     with engine.connect() as conn:
+        warm_batches = conn.execute(sa.text(
+            "SELECT coalesce(max(batch_id), -1) FROM pipeline_batches WHERE query_name = 'bench'")).scalar_one()
+    produce(settings, topic, documents(texts, "e2e"))
+    job.wait(timeout=1800)
+    with engine.connect() as conn:
+        # Only the batches after the warm-up: steady state, Spark's and the model's start-up not counted.
         row = conn.execute(sa.text(
             "SELECT min(started_at) AS a, max(finished_at) AS b, sum(n_scored) AS n, count(*) AS batches "
-            "FROM pipeline_batches WHERE status = 'committed'")).mappings().one()
+            "FROM pipeline_batches WHERE status = 'committed' AND query_name = 'bench' AND batch_id > :w "
+            "AND n_input > 0"), {"w": warm_batches}).mappings().one()
     engine.dispose()
     seconds = (row["b"] - row["a"]).total_seconds()
-    n = count_documents(settings)
+    n = count_documents(settings, "e2e-")
     return {"docs": n, "seconds": round(seconds, 3), "docs_per_s": round(n / seconds, 1), "batches": row["batches"],
             "python_worker_rss_mb_max": round(job.max_rss, 1), "topic": topic}
 
@@ -257,15 +275,7 @@ def bench_latency(settings, texts: list[str], workdir: Path, threads: int, rate:
     pool = (texts * (n // len(texts) + 1))[:n]
     job = Job(settings, topic, workdir, threads)
     job.start("--until-idle", "8", "--query-name", "latency")
-    # Warm: documents on every partition through before the clock starts, so that Spark is up and
-    # every Python worker has loaded the model (each loads it at its first task).
-    warm = documents([f"warm-up document {i}" for i in range(3 * WARM_PARTITIONS)], "warm")
-    produce(settings, topic, warm)
-    deadline = time.monotonic() + 600
-    while count_documents(settings, "warm-") < len(warm):  # the database also holds (b)'s documents
-        if time.monotonic() > deadline or job.proc.poll() is not None:
-            raise RuntimeError(f"the job did not start; see {job.log}")
-        time.sleep(0.5)
+    warm_up(settings, topic, job)
     sent: dict[str, datetime] = {}
     produce(settings, topic, documents(pool, "lat"), rate=rate, stamp_ids=sent)
     job.wait(timeout=1800)
@@ -327,6 +337,9 @@ def bench_naive(settings, texts: list[str], threads: int) -> dict:
     url = sa.engine.make_url(settings.database_url.get_secret_value())
     jdbc_url = f"jdbc:postgresql://{url.host}:{url.port}/{url.database}"
     schema = "id string, text string, published_at string"
+    # Warm: both Python workers load the pipeline before the clock starts, as the job's are warm in (b).
+    spark.createDataFrame([(f"warm-up {i}",) for i in range(8)], "text string").repartition(2) \
+        .select(classify("text").alias("s")).collect()
     t0 = time.perf_counter()
     frame = (spark.read.format("kafka").option("kafka.bootstrap.servers", ",".join(settings.bootstrap_servers))
              .option("subscribe", topic).option("startingOffsets", "earliest").load()
