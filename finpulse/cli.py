@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from finpulse.settings import env_table, get_settings
+from finpulse.settings import EmbeddedPostgresMissing, env_table, get_settings
 
 COMMAND_GROUP = "finpulse.commands"
 
@@ -23,7 +23,39 @@ def _plugins() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
 
+def postgres_unreachable(exc: Exception) -> str | None:
+    """One line for an operator when ``exc`` says the database cannot be reached, else None.
+
+    Names the address and the setting to check, never the password.
+    """
+    import sqlalchemy as sa
+
+    if isinstance(exc, EmbeddedPostgresMissing):
+        return str(exc)
+    if not isinstance(exc, sa.exc.OperationalError):
+        return None
+    settings = get_settings()
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+    try:
+        url = sa.engine.make_url(settings.sqlalchemy_url().get_secret_value())
+        where = f"{url.host}:{url.port or 5432}/{url.database}"
+    except Exception:  # noqa: BLE001 - an unreadable URL still deserves the one-line message
+        where = "the configured database"
+    setting = ("FINPULSE_DATABASE_URL" if not settings.embedded_postgres
+               else "the embedded cluster (`finpulse stack up`, FINPULSE_POSTGRES_PORT)")
+    return f"Postgres not reachable at {where} ({reason}); check {setting}"
+
+
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - only a database outage is turned into one line
+            line = postgres_unreachable(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_plugins()))
 

@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class EmbeddedPostgresMissing(RuntimeError):
+    """The embedded cluster was never started under this state dir, so there is no password to use."""
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Unset external URLs mean "use the embedded local stack"."""
 
@@ -135,7 +139,7 @@ class Settings(BaseSettings):
         try:
             password = self.postgres_password_file.read_text().strip()
         except FileNotFoundError:
-            raise RuntimeError(
+            raise EmbeddedPostgresMissing(
                 f"embedded Postgres is not initialised under {self.home}: run `finpulse stack up`"
             ) from None
         return SecretStr(f"postgresql+psycopg2://finpulse:{password}@127.0.0.1:{self.postgres_port}/finpulse")
