@@ -481,8 +481,9 @@ def kafka_lag(settings: Settings, checkpoint: Path, topics: list[str]) -> dict[s
     from kafka import KafkaConsumer, TopicPartition
 
     batch_id, committed = read_checkpoint_offsets(checkpoint)
+    # No group and no auto-commit: this consumer only reads end offsets, it never joins or commits.
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="finpulse-pipeline-status",
-                             request_timeout_ms=15_000)
+                             request_timeout_ms=15_000, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
         ends = consumer.end_offsets(partitions) if partitions else {}

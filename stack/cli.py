@@ -141,8 +141,8 @@ GROUP BY e.entity ORDER BY n DESC, e.entity LIMIT 10
 PSQL_EXAMPLES = """\
 Query it (psql "$(.venv/bin/finpulse db url --show-password)"):
   -- the latest scored documents
-  SELECT published_at, source, sentiment, round(score::numeric, 2), left(text, 80)
-    FROM document_sentiment JOIN documents USING (id) ORDER BY published_at DESC LIMIT 20;
+  SELECT d.published_at, d.source, s.sentiment, round(s.score::numeric, 2), left(d.text, 80)
+    FROM document_sentiment s JOIN documents d USING (id) ORDER BY d.published_at DESC LIMIT 20;
   -- daily sentiment of one ticker
   SELECT window_start::date, n_docs, round(mean_score::numeric, 3) FROM sentiment_windows
     WHERE dimension = 'ticker' AND key = 'AAPL' AND width_seconds = 86400 ORDER BY window_start;

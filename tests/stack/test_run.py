@@ -78,3 +78,21 @@ def test_finpulse_run_replays_the_sample_once_and_reports(stack, tmp_path):
         log = (tmp_path / "home" / "pipeline" / "pipeline.log").read_text()
         # SIGTERM stopped it between batches: the job said so and exited through its own path.
         assert "stop requested (SIGTERM)" in log and "stopped after" in log, log[-3000:]
+
+
+def test_every_query_make_run_prints_runs(fresh_db):
+    """The psql examples `finpulse run` prints are SQL an analyst pastes: each must run on the schema."""
+    from finpulse import db
+    from stack.cli import PSQL_EXAMPLES
+
+    statements = [" ".join(chunk.split()) for chunk in
+                  "\n".join(line for line in PSQL_EXAMPLES.splitlines()[1:] if not line.strip().startswith("--"))
+                  .split(";") if chunk.strip()]
+    assert len(statements) == 4, statements
+    engine = db.engine(fresh_db)
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement)).all()
+    finally:
+        engine.dispose()
