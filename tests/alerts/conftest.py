@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,16 +15,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from tests.conftest import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"finpulse-test-secret-0123456789ab").decode()
 MODEL = "test-model@1"
 HOUR = 3600
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hour_floor(t: datetime) -> datetime:

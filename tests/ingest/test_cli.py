@@ -9,6 +9,7 @@ from finpulse.cli import main
 
 from tests.ingest import feeds
 from tests.ingest.kafka_utils import consume_all, consume_dead_letters
+from tests.conftest import free_port
 
 CSV = """id,created_at,text,cashtags
 3,2020-04-09 00:00:30+00:00,third $AAPL,$AAPL
@@ -96,12 +97,6 @@ def test_crawl_rejects_bad_config(tmp_path):
     assert result.exit_code != 0 and "invalid sources config" in result.output
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _published(metrics_text: str) -> float:
@@ -128,7 +123,7 @@ def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, h
         source["interval"] = 0.5
     config_path = tmp_path / "sources.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     finpulse = Path(sys.executable).with_name("finpulse")
     proc = subprocess.Popen(
         [str(finpulse), "ingest", "crawl", "--config", str(config_path), "--topic", unique_topic,

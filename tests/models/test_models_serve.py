@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,20 +21,17 @@ from models.remote import RemoteScorer, ScorerRejected, ScorerUnavailable
 from models.scorer import ScoreArrays
 
 from .test_models_chunking import LEAD, NEGATIVE_BODY, SHORT
+from tests.conftest import free_port
 
 FINPULSE = Path(sys.executable).parent / "finpulse"
 TEXTS = SHORT + [None, "  ", LEAD + NEGATIVE_BODY * 2, "Gold hits a record high", LEAD + NEGATIVE_BODY * 12]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start_server(tmp_path_factory, *extra: str) -> tuple[subprocess.Popen, str]:
     """`finpulse model serve` on a free port, CPU, 2 threads, in a session of its own; returns once healthy."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
     with open(log_path, "wb") as log:
@@ -144,7 +140,7 @@ def test_bad_request_is_rejected_not_retried(server):
 
 
 def test_server_down_raises_after_retries():
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     started = time.monotonic()
     with RemoteScorer(f"http://127.0.0.1:{port}", timeout=2, retries=2, backoff=0.01) as remote:
         with pytest.raises(ScorerUnavailable, match="failed 3 times") as error:

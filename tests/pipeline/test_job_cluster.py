@@ -22,14 +22,11 @@ from tests.pipeline.conftest import (
     snapshot_diff,
     tail,
 )
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.stack]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -60,7 +57,7 @@ def standalone_cluster(tmp_path):
     env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work"),
            "PYSPARK_PYTHON": sys.executable}
-    port, ui, worker_port, worker_ui = (_free_port() for _ in range(4))
+    port, ui, worker_port, worker_ui = (free_port() for _ in range(4))
     spark_class = str(spark_home / "bin" / "spark-class")
     procs = []
     try:

@@ -4,7 +4,6 @@ server that is down fails the batch (retried), never writing a default score."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +24,11 @@ from tests.pipeline.conftest import (
     start_job,
     tail,
 )
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.stack]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(port: int, log) -> subprocess.Popen:
@@ -68,7 +64,7 @@ def _count(settings, sql: str) -> int:
 
 
 def test_server_down_then_up_scores_everything_once_like_in_process(stack, stream, reference, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = None
     with scratch_database(stack) as settings:
