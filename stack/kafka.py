@@ -65,6 +65,18 @@ def _describe_cluster(bootstrap: list[str], timeout_s: float) -> str | None:
         client.close()
 
 
+def new_cluster_id() -> str:
+    """16 random bytes as URL-safe base64 without padding, as Kafka's ``Uuid.randomUuid`` makes them.
+
+    Like Kafka, never one starting with '-': the storage tool's argument parser would read
+    ``-t -abc...`` as an option and refuse to format (1 fresh install in 64 would fail).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class EmbeddedKafka(Component):
     name = "kafka"
 
@@ -163,9 +175,9 @@ class EmbeddedKafka(Component):
 
     def _format(self, java: str, classpath: list[Path], config: Path) -> None:
         cluster_file = self.dir / "cluster.id"
-        if not cluster_file.exists():
-            # Kafka cluster ids are 16 random bytes, URL-safe base64 without padding.
-            cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        # An id starting with '-' never formatted anything (the tool refused it), so replacing it is safe.
+        if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
+            cluster_file.write_text(new_cluster_id())
         cmd = self._java_cmd(java, classpath, "kafka.tools.StorageTool", "format",
                              "-t", cluster_file.read_text().strip(), "-c", str(config), "--ignore-formatted",
                              heap="256m")

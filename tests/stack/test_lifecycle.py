@@ -140,3 +140,16 @@ def test_spark_jars_match_pyspark_and_skip_its_own(stack):
     shipped = {artifact_name(j) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     assert not names & shipped
     assert "kafka-clients" in names
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch):
+    """Kafka's storage tool takes `-t -abc...` for an option: such an id must be drawn again."""
+    import uuid
+
+    from stack import kafka
+
+    dash_first = uuid.UUID(bytes=b"\xf8" + b"\x00" * 15)  # base64 of 0b111110.. is '-'
+    plain = uuid.UUID(bytes=b"\x00" * 15 + b"\x01")
+    draws = iter([dash_first, plain])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    assert kafka.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
