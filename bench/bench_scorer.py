@@ -9,6 +9,8 @@ Both sides get the same normalised texts, so they read the same number of tokens
 
     .venv/bin/python bench/bench_scorer.py [--n 512] [--threads 2] [--model DIR]
 
+For a model with an entity head it also times ``score_pairs`` on SEntFiN (headline, entity) rows.
+
 Writes bench/results/scorer-<UTC timestamp>.json and prints a table. Reads ../shared/data.
 """
 
@@ -97,6 +99,21 @@ def main() -> None:
             results[key] = {"texts_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 3)}
             print(f"{key:28} {results[key]['texts_per_s']:8.1f} texts/s", flush=True)
 
+    # The default Scorer (token-budget batches), as the pipeline calls it: the yardstick for pairs.
+    seconds = timed(lambda: scorer.score_arrays(texts), repeats=args.repeats)
+    results["scorer_default"] = {"texts_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 3)}
+    print(f"{'scorer_default':28} {results['scorer_default']['texts_per_s']:8.1f} texts/s", flush=True)
+    pairs_rate = None
+    if "entity" in scorer.labels:
+        # Entity-level sentiment: (headline, entity) rows of SEntFiN, one score_pairs call, default batching.
+        rows = pd.read_csv(SHARED / "sentfin" / "sentfin_entities.csv").sample(n=args.n, random_state=0)
+        titles, entities = rows["title"].tolist(), rows["entity"].tolist()
+        scorer.score_pairs(titles[:32], entities[:32])
+        seconds = timed(lambda: scorer.score_pairs(titles, entities), repeats=args.repeats)
+        pairs_rate = round(len(titles) / seconds, 1)
+        results["entity_pairs_default"] = {"pairs_per_s": pairs_rate, "seconds": round(seconds, 3)}
+        print(f"{'entity_pairs_default':28} {pairs_rate:8.1f} pairs/s", flush=True)
+
     with tempfile.TemporaryDirectory() as folder:
         pipe = naive_pipeline(scorer, Path(folder))
         for t in normalized[:8]:
@@ -133,6 +150,9 @@ def main() -> None:
         "results": results,
         "ratio_vs_naive": ratios,
         "best": {"config": best_key, "texts_per_s": results[best_key]["texts_per_s"], "ratio": ratios[best_key]},
+        "entity_pairs_per_s": pairs_rate,
+        "entity_pairs_vs_default_texts": None if pairs_rate is None
+        else round(pairs_rate / results["scorer_default"]["texts_per_s"], 2),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"scorer-{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"

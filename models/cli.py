@@ -37,8 +37,16 @@ def cli() -> None:
 @click.option("--lr-heads", type=float, default=2e-3, show_default=True)
 @click.option("--lora-r", type=int, default=16, show_default=True)
 @click.option("--lora-alpha", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=13, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="Label smoothing of the labelled heads' cross-entropy.")
+@click.option("--seed", type=int, default=13, show_default=True, help="Seed of training (and of the splits).")
+@click.option("--split-seed", type=int, default=None,
+              help="Seed of the data splits, when it differs from --seed (to compare training seeds on one split).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of each bundled source held out from training.")
+@click.option("--test-share", type=click.FloatRange(0, 0.9), default=0.5, show_default=True,
+              help="Share of the held-out rows kept as a test split that training never looks at (the rest "
+                   "selects checkpoints); `finpulse model split` writes it, `finpulse model eval` scores it.")
 @click.option("--evals-per-epoch", type=int, default=2, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only this many rows per source file (smoke tests).")
@@ -52,8 +60,8 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,
-                  batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, seed, val_fraction,
-                  evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, threads,
+                  batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, label_smoothing, seed, split_seed, val_fraction,
+                  test_share, evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, threads,
                   no_progress) -> None:
     """Train the two-head model (three with --with-entities) and write it (LoRA adapter or encoder, heads, config) to --out."""
     from models import corpus
@@ -67,30 +75,33 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
     else:
         sentiment_frames, source = corpus.default_sentiment_frames(), "bundled: tweets sentiment + SEntFiN headlines"
     topic_frames = corpus.default_topic_frames()
+    split_seed = seed if split_seed is None else split_seed
     if limit:
-        sentiment_frames = [f.sample(n=min(limit, len(f)), random_state=seed) for f in sentiment_frames]
-        topic_frames = [f.sample(n=min(limit, len(f)), random_state=seed) for f in topic_frames]
-    sentiment = corpus.build_split("sentiment", sentiment_frames, val_fraction=val_fraction, seed=seed)
-    topic = corpus.build_split("topic", topic_frames, val_fraction=val_fraction, seed=seed)
+        sentiment_frames = [f.sample(n=min(limit, len(f)), random_state=split_seed) for f in sentiment_frames]
+        topic_frames = [f.sample(n=min(limit, len(f)), random_state=split_seed) for f in topic_frames]
+    sentiment = corpus.build_split("sentiment", sentiment_frames, val_fraction=val_fraction, seed=split_seed,
+                                   test_share=test_share)
+    topic = corpus.build_split("topic", topic_frames, val_fraction=val_fraction, seed=split_seed, test_share=test_share)
     comments = entity = None
     if with_comments:
         from models.evaluate_ood import comments_split
 
-        comments = comments_split(seed=seed)[0]
+        comments = comments_split(seed=split_seed)[0]
         if limit:
-            comments = comments.sample(n=min(limit, len(comments)), random_state=seed)
+            comments = comments.sample(n=min(limit, len(comments)), random_state=split_seed)
     if with_entities:
         from models.corpus import Split
         from models.entity import entity_splits
 
-        entity = entity_splits(seed=seed, sentence_val_fraction=val_fraction)[0]
+        entity = entity_splits(seed=split_seed, sentence_val_fraction=val_fraction)[0]
         if limit:
-            entity = Split(task=entity.task, train=entity.train.sample(n=min(limit, len(entity.train)), random_state=seed),
-                           val=entity.val.sample(n=min(limit, len(entity.val)), random_state=seed))
+            entity = Split(task=entity.task, train=entity.train.sample(n=min(limit, len(entity.train)), random_state=split_seed),
+                           val=entity.val.sample(n=min(limit, len(entity.val)), random_state=split_seed))
     config = TrainConfig(
-        out=out, mode=mode, base=base or DEFAULT_BASE, seed=seed, val_fraction=val_fraction, max_length=max_length,
+        out=out, mode=mode, base=base or DEFAULT_BASE, seed=seed, split_seed=split_seed, val_fraction=val_fraction, test_share=test_share,
+        max_length=max_length,
         batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr_encoder=lr_encoder, lr_heads=lr_heads,
-        lora_r=lora_r, lora_alpha=lora_alpha, evals_per_epoch=evals_per_epoch, patience=patience,
+        lora_r=lora_r, lora_alpha=lora_alpha, label_smoothing=label_smoothing, evals_per_epoch=evals_per_epoch, patience=patience,
         sentiment_source=source, progress=not no_progress, threads=threads, comment_weight=comment_weight,
         comments_source="bundled: StockTwits self-tagged comments, training part" if with_comments else None,
         entity_source="bundled: SEntFiN entity rows, training headlines" if with_entities else None,
@@ -242,14 +253,15 @@ def serve_command(device, host, port, model_dir, max_batch_size, batch_timeout, 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
-def split_command(out, seed, val_fraction) -> None:
-    """Write the bundled data's train/validation split (as training carves it) to CSV files."""
+@click.option("--test-share", type=click.FloatRange(0, 0.9), default=0.5, show_default=True)
+def split_command(out, seed, val_fraction, test_share) -> None:
+    """Write the bundled data's train/validation/test split (as training carves it) to CSV files."""
     from models import corpus
 
     out.mkdir(parents=True, exist_ok=True)
     for task, frames in (("sentiment", corpus.default_sentiment_frames()), ("topic", corpus.default_topic_frames())):
-        split = corpus.build_split(task, frames, val_fraction=val_fraction, seed=seed)
-        for part in ("train", "val"):
+        split = corpus.build_split(task, frames, val_fraction=val_fraction, seed=seed, test_share=test_share)
+        for part in ("train", "val", "test")[: 3 if test_share > 0 else 2]:
             path = out / f"{task}_{part}.csv"
             getattr(split, part).to_csv(path, index=False)
             click.echo(f"{path}: {len(getattr(split, part))} rows")

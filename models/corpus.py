@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,29 @@ TWEET_SENTIMENT_MAP = {"0": "negative", "1": "positive", "2": "neutral"}
 
 _URL = re.compile(r"https?://\S+|www\.\S+")
 _SPACE = re.compile(r"\s+")
+# Emoji glue that carries no meaning of its own: zero-width joiner, variation selectors, skin tones.
+_EMOJI_GLUE = re.compile("[\u200d\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]")
+# A pictograph (Unicode category "So", which holds the emojis and little else) repeated: 🚀🚀🚀🚀 -> 3.
+_SYMBOL_RUN = re.compile(r"([^\w\s])\1{3,}")
+
+
+def _symbol_name(match: re.Match) -> str:
+    char = match.group(0)
+    if unicodedata.category(char) != "So":
+        return char
+    name = unicodedata.name(char, "")
+    return f" {name.lower()} " if name else " "
+
+
+def spell_emojis(text: str) -> str:
+    """Pictographs as their Unicode names: ``🚀`` -> ``rocket``, ``📉`` -> ``chart with downwards trend``.
+
+    MiniLM's vocabulary has no emojis (each became ``[UNK]``), yet on comments they often carry the
+    sentiment; their names are plain words the encoder knows. Runs are capped at three repeats.
+    """
+    text = _EMOJI_GLUE.sub("", text)
+    text = _SYMBOL_RUN.sub(lambda m: m.group(1) * 3 if unicodedata.category(m.group(1)) == "So" else m.group(0), text)
+    return re.sub(r"[^\w\s]", _symbol_name, text)
 
 
 def model_text(text: str) -> str:
@@ -35,23 +59,28 @@ def model_text(text: str) -> str:
     links); this one is applied on top of it, only where the model reads text.
 
     Links are dropped because a t.co link costs ~12 word pieces and carries no sentiment, and
-    HTML entities (``&amp;``) are decoded because the tweet sets carry them raw.
+    HTML entities (``&amp;``) are decoded because the tweet sets carry them raw, and emojis are
+    spelled out (``spell_emojis``).
     """
     text = html.unescape(text)
     text = _URL.sub(" ", text)
+    text = spell_emojis(text)
     return _SPACE.sub(" ", text).strip()
 
 
 @dataclass(frozen=True)
 class Split:
-    """A labelled text set for one task, split into train and validation frames.
+    """A labelled text set for one task: train, validation and (optionally) test frames.
 
-    Both frames have the columns ``text``, ``label`` (a label name) and ``source``.
+    Each frame has the columns ``text``, ``label`` (a label name) and ``source``. Validation picks
+    checkpoints and fits temperatures; test is never looked at by training, so its figures are
+    the ones not flattered by that selection. ``test`` is empty when no test share was carved.
     """
 
     task: str
     train: pd.DataFrame
     val: pd.DataFrame
+    test: pd.DataFrame | None = None
 
 
 def parse_label_map(spec: str | None) -> dict[str, str] | None:
@@ -165,9 +194,20 @@ def default_topic_frames() -> list[pd.DataFrame]:
     ]
 
 
-def build_split(task: str, frames: list[pd.DataFrame], *, val_fraction: float, seed: int) -> Split:
-    """Split each source separately (so each keeps its share of validation), then concatenate."""
+def build_split(task: str, frames: list[pd.DataFrame], *, val_fraction: float, seed: int,
+                test_share: float = 0.0) -> Split:
+    """Split each source separately (so each keeps its share of held-out rows), then concatenate.
+
+    ``val_fraction`` of each source is held out from training; ``test_share`` of that held-out
+    part (per label, seed + 1) becomes the test frame and the rest validation. Carving test out
+    of the held-out part keeps the training rows the same as with ``test_share=0``, so models
+    trained either way are compared on rows that neither trained on.
+    """
     parts = [stratified_split(frame, val_fraction=val_fraction, seed=seed) for frame in frames]
     train = pd.concat([p[0] for p in parts], ignore_index=True)
-    val = pd.concat([p[1] for p in parts], ignore_index=True)
-    return Split(task=task, train=train, val=val)
+    if test_share <= 0:
+        return Split(task=task, train=train, val=pd.concat([p[1] for p in parts], ignore_index=True))
+    held = [stratified_split(p[1], val_fraction=test_share, seed=seed + 1) for p in parts]
+    val = pd.concat([h[0] for h in held], ignore_index=True)
+    test = pd.concat([h[1] for h in held], ignore_index=True)
+    return Split(task=task, train=train, val=val, test=test)

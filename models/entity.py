@@ -85,7 +85,8 @@ def entity_splits(*, seed: int = 13, sentence_val_fraction: float = 0.1, mixed_t
 
 @dataclass(frozen=True)
 class EntityArrays:
-    """Entity-level scores aligned with the input pairs; ``status`` ``empty`` where text or entity is blank."""
+    """Entity-level scores aligned with the input pairs; ``status`` ``empty`` where text or entity is blank
+    (its probabilities NaN, its sentiment None)."""
 
     model_version: str
     status: np.ndarray
@@ -95,12 +96,47 @@ class EntityArrays:
     p_positive: np.ndarray
     truncated: np.ndarray
 
+    ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "truncated")
+    _PROBABILITIES = ("p_negative", "p_neutral", "p_positive")
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The probability of the predicted class (NaN where empty)."""
+        return np.stack([self.p_negative, self.p_neutral, self.p_positive], 1).max(1)
+
     def to_frame(self, prefix: str = "entity_") -> pd.DataFrame:
-        return pd.DataFrame({f"{prefix}{name}": getattr(self, name)
-                             for name in ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "truncated")})
+        return pd.DataFrame({f"{prefix}{name}": getattr(self, name) for name in self.ARRAY_FIELDS})
+
+    def to_dict(self) -> dict:
+        """JSON-able: lists, NaN as None (the model server's answer to a pairs request)."""
+        out: dict = {"model_version": self.model_version}
+        for name in self.ARRAY_FIELDS:
+            values = getattr(self, name).tolist()
+            out[name] = [None if v != v else float(v) for v in values] if name in self._PROBABILITIES else values
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EntityArrays:
+        """Inverse of ``to_dict``; a missing field is a KeyError, columns of unequal length a ValueError."""
+        columns = {}
+        for name in cls.ARRAY_FIELDS:
+            values = d[name]
+            if name in cls._PROBABILITIES:
+                columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+            elif name == "truncated":
+                columns[name] = np.array(values, dtype=bool)
+            else:
+                columns[name] = np.array(values, dtype=object)
+        if len({len(v) for v in columns.values()}) > 1:
+            raise ValueError(f"entity columns differ in length: { {k: len(v) for k, v in columns.items()} }")
+        return cls(model_version=str(d["model_version"]), **columns)
 
 
 def has_entity_head(scorer) -> bool:
+    """Whether ``scorer`` (a ``Scorer`` or a ``RemoteScorer``) serves a model with an entity head."""
     return ENTITY_TASK in scorer.labels
 
 
@@ -108,7 +144,7 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
     """Sentiment towards ``entities[i]`` in ``texts[i]``, one batch for all pairs (what the pipeline calls per Arrow batch)."""
     if not has_entity_head(scorer):
         raise ValueError(f"model {scorer.version} has no entity head (labels {sorted(scorer.labels)}); "
-                         "train one with `finpulse model train --entity-data`")
+                         "train one with `finpulse model train --with-entities`")
     texts, entities = list(texts), list(entities)
     if len(texts) != len(entities):
         raise ValueError(f"{len(texts)} texts but {len(entities)} entities")

@@ -1,4 +1,4 @@
-"""``RemoteScorer``: the Scorer's ``score_arrays`` over HTTP, against ``finpulse model serve``.
+"""``RemoteScorer``: the Scorer's ``score_arrays`` and ``score_pairs`` over HTTP, against ``finpulse model serve``.
 
 A server that stays unreachable or failing raises ``ScorerUnavailable``: the caller (a Spark
 batch) fails and is retried; no default score is ever made up here.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from models.entity import EntityArrays
 from models.scorer import ScoreArrays
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class RemoteScorer:
         self.max_backoff = max_backoff
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self._version: str | None = None
+        self._labels: dict[str, list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.url!r})"
@@ -72,6 +74,43 @@ class RemoteScorer:
             except (KeyError, TypeError) as exc:
                 raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no model_version: {info!r:.200}") from exc
         return self._version
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        """The served model's heads and their labels (from ``/info``, asked once)."""
+        if self._labels is None:
+            info = self._call("GET", INFO_PATH, None)
+            try:
+                self._labels = {str(k): list(v) for k, v in info["model"]["labels"].items()}
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no labels: {info!r:.200}") from exc
+        return self._labels
+
+    def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]) -> EntityArrays:
+        """Sentiment towards ``entities[i]`` in ``texts[i]`` (the served model's entity head), as ``Scorer.score_pairs``.
+
+        Raises ``ScorerRejected`` when the served model has no entity head, ``ScorerUnavailable`` when
+        the server stays unreachable; never returns default scores.
+        """
+        payload = {"texts": [t if isinstance(t, str) else None for t in texts],
+                   "entities": [e if isinstance(e, str) else None for e in entities]}
+        if len(payload["texts"]) != len(payload["entities"]):
+            raise ValueError(f"{len(payload['texts'])} texts but {len(payload['entities'])} entities")
+        if not payload["texts"]:
+            return EntityArrays.from_dict({"model_version": self.version, **{f: [] for f in EntityArrays.ARRAY_FIELDS}})
+
+        def parse(body):
+            if isinstance(body, dict) and "error" in body:
+                return body
+            arrays = EntityArrays.from_dict(body)
+            if len(arrays) != len(payload["texts"]):
+                raise ValueError(f"{len(arrays)} scores for {len(payload['texts'])} pairs")
+            return arrays
+
+        arrays = self._call("POST", SCORE_PATH, payload, parse=parse)
+        if isinstance(arrays, dict):
+            raise ScorerRejected(f"POST {self.url}{SCORE_PATH}: {arrays['error']}")
+        return arrays
 
     def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
         """Scores aligned with ``texts``; raises ``ScorerUnavailable``, never returns default scores."""

@@ -3,7 +3,10 @@
 Endpoints (all from LitServe except ``/score``'s body and ``/metrics``):
 
 - ``POST /score`` ``{"texts": [str | null, ...], "max_chunks": int | null}`` -> ``ScoreArrays.to_dict()``
-  (``model_version`` plus one list per column, aligned with ``texts``). One request is one Arrow
+  (``model_version`` plus one list per column, aligned with ``texts``). With ``"entities": [...]``
+  (one per text) it scores the pairs with the entity head instead -> ``EntityArrays.to_dict()``;
+  a model without one answers ``{"error": ...}`` (not an exception, which would fail every
+  request batched with it). One request is one Arrow
   batch of the pipeline; LitServe's dynamic batching merges up to ``--max-batch-size`` waiting
   requests (waiting at most ``--batch-timeout`` s), ``batch()`` flattens their texts into one
   Scorer call (one length-sorted, token-budgeted pass) and ``unbatch()`` splits the result back.
@@ -23,7 +26,7 @@ import tempfile
 import time
 
 import litserve as ls
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,13 @@ class ScoreRequest(BaseModel):
 
     texts: list[str | None]
     max_chunks: int | None = Field(None, ge=1, le=MAX_CHUNKS_LIMIT)
+    entities: list[str | None] | None = None  # set: sentiment towards entities[i] in texts[i] (entity head)
+
+    @model_validator(mode="after")
+    def _entities_align(self) -> "ScoreRequest":
+        if self.entities is not None and len(self.entities) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.entities)} entities")
+        return self
 
 
 class ScorerAPI(ls.LitAPI):
@@ -82,10 +92,29 @@ class ScorerAPI(ls.LitAPI):
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(requests)
         groups: dict[int, list[int]] = {}
+        pairs: list[int] = []
         for index, request in enumerate(requests):
-            groups.setdefault(request.max_chunks or self.max_chunks, []).append(index)
+            if request.entities is not None:
+                pairs.append(index)
+            else:
+                groups.setdefault(request.max_chunks or self.max_chunks, []).append(index)
         ok = chunks = texts = 0
         try:
+            if pairs and "entity" not in self.scorer.labels:
+                for i in pairs:
+                    results[i] = {"error": f"model {self.scorer.version} has no entity head"}
+            elif pairs:
+                arrays = self.scorer.score_pairs([t for i in pairs for t in requests[i].texts],
+                                                 [e for i in pairs for e in requests[i].entities])
+                offset = 0
+                for i in pairs:
+                    n = len(requests[i].texts)
+                    results[i] = type(arrays)(model_version=arrays.model_version, **{
+                        name: getattr(arrays, name)[offset:offset + n] for name in arrays.ARRAY_FIELDS}).to_dict()
+                    offset += n
+                texts += len(arrays)
+                ok += int((arrays.status == "ok").sum())
+                chunks += len(arrays)
             for max_chunks, members in groups.items():
                 flat = [t for i in members for t in requests[i].texts]
                 arrays = self.scorer.score_arrays(flat, max_chunks=max_chunks)

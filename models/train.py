@@ -38,8 +38,10 @@ class TrainConfig:
     out: Path
     mode: str = "lora"
     base: str = DEFAULT_BASE
-    seed: int = 13
+    seed: int = 13  # initialisation and batch order
+    split_seed: int | None = None  # the data splits' seed, when not ``seed`` (recorded only: the caller splits)
     val_fraction: float = 0.1
+    test_share: float = 0.0  # of the held-out rows: the test split, never read by training (recorded only)
     max_length: int = 64
     batch_size: int = 32
     epochs: int = 3
@@ -51,6 +53,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     class_weight_power: float = 0.5  # 0: plain CE, 1: inverse-frequency weights; 0.5 in between
+    label_smoothing: float = 0.0  # of the labelled heads' cross-entropy (not the weak comment tags)
     evals_per_epoch: int = 2
     patience: int = 3  # evaluations without a better validation score before stopping
     sentiment_source: str = "bundled: tweets sentiment + SEntFiN headlines"
@@ -180,6 +183,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
         task: torch.nn.CrossEntropyLoss(
             weight=_class_weights(targets[task], len(names), config.class_weight_power).to(device),
             ignore_index=IGNORE,
+            label_smoothing=config.label_smoothing,
         )
         for task, names in labels.items()
     }
@@ -235,7 +239,8 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
                                      "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
                                      "train_rows": {**{t: len(s.train) for t, s in splits.items()},
                                                     "comments": int((comment_tags != IGNORE).sum())},
-                                     "val_rows": {t: len(s.val) for t, s in splits.items()}})
+                                     "val_rows": {t: len(s.val) for t, s in splits.items()},
+                                     "test_rows": {t: len(s.test) for t, s in splits.items() if s.test is not None}})
         version = save_model(network, out=Path(config.out), config=model_config)
         (Path(config.out) / "val_metrics.json").write_text(json.dumps(calibrated, indent=2) + "\n")
         return {"score": score, "step": step, "metrics": calibrated, "version": version}

@@ -267,6 +267,7 @@ def process_records(records: pd.DataFrame, *, scorer, linker: EntityLinker, conf
         pending.append((len(out), document))
         out.append(blank_row(row_type=ROW_DOCUMENT, **base, raw_payload=value, **_document_columns(document)))
 
+    linked: list[tuple[dict, str]] = []  # (document row, its content) with at least one entity link
     if pending:
         # One call per Arrow batch: the scorer sorts and batches by length itself.
         scores = scorer.score_arrays([doc.content for _, doc in pending], max_chunks=config.max_chunks)
@@ -297,7 +298,56 @@ def process_records(records: pd.DataFrame, *, scorer, linker: EntityLinker, conf
                  "p_positive": None}
                 for link in linker.link(title=document.title, text=document.text, tickers=document.tickers)
             ]
+            if row["entities"]:
+                linked.append((row, document.content))
+        if linked:
+            score_entities(scorer, linked)
     return to_processed_frame(out)
+
+
+ENTITY_CONTEXT_CHARS = 300  # the text around a mention that the entity head reads (its window is 64 tokens)
+
+
+def entity_context(content: str, mention: str | None) -> str:
+    """The part of ``content`` the entity head reads for one mention: the title and opening when the
+    mention is there (or is not found), else the text around its first occurrence, cut at spaces."""
+    if not mention:
+        return content
+    at = content.lower().find(mention.lower())
+    if at < ENTITY_CONTEXT_CHARS // 2:
+        return content
+    start = content.rfind(" ", 0, at - ENTITY_CONTEXT_CHARS // 3) + 1
+    end = content.find(" ", at + len(mention) + ENTITY_CONTEXT_CHARS)
+    return content[start:] if end < 0 else content[start:end]
+
+
+def entity_name(link: dict) -> str:
+    """What the entity head is asked about: the words that matched (``Apple``, ``AAPL`` for ``$AAPL``),
+    else (a producer's ticker) the ticker."""
+    mention = (link["mention"] or "").lstrip("$").strip()
+    return mention or link["entity"]
+
+
+def score_entities(scorer, linked: list[tuple[dict, str]]) -> None:
+    """Fill each entity link's sentiment, confidence and probabilities from the model's entity head:
+    one ``score_pairs`` call for every link of the batch. A model without an entity head leaves them
+    NULL (per-ticker trends then use the document's score); a scorer failure propagates."""
+    from models.entity import has_entity_head
+
+    if not has_entity_head(scorer):
+        return
+    links = [link for row, _ in linked for link in row["entities"]]
+    texts = [entity_context(content, link["mention"]) for row, content in linked for link in row["entities"]]
+    arrays = scorer.score_pairs(texts, [entity_name(link) for link in links])
+    if len(arrays) != len(links):
+        raise RuntimeError(f"scorer returned {len(arrays)} entity scores for {len(links)} pairs")
+    confidence = arrays.confidence
+    for i, link in enumerate(links):
+        if arrays.status[i] != "ok":
+            continue  # a blank entity name: the link stays, without an entity-level score
+        link.update(model_version=arrays.model_version, sentiment=arrays.sentiment[i],
+                    confidence=float(confidence[i]), p_negative=float(arrays.p_negative[i]),
+                    p_neutral=float(arrays.p_neutral[i]), p_positive=float(arrays.p_positive[i]))
 
 
 _TIMESTAMPS = ("kafka_timestamp", "published_at", "fetched_at", "dl_rejected_at")

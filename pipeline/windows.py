@@ -19,9 +19,11 @@ doing the widths in ascending order over the same points. Measured (/tmp bench, 
 documents over 14 days, 2,000-document batches over 10 minutes, 2 shared cores): 0.76-1.2 s a
 batch nested vs 1.07-1.77 s with every width from documents; the gap grows with documents per day.
 
-Ticker windows use an entity row's own probabilities (``document_entities.p_*``, filled by an
-entity-level model) when present and the document's otherwise; membership comes from the
-rule-linked rows (``model_version = ''``), one per (document, ticker).
+Ticker windows use an entity row's own probabilities (``document_entities.p_*``, filled by the
+model's entity head) when present and the document's otherwise. A link scored by the entity head
+carries that model's version; a bare link (a model without an entity head) carries ``''``.
+Membership of a window of model version V comes from the document's rows of version V or ``''``,
+one per (document, ticker), V's row preferred.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ CROSS JOIN LATERAL (
     UNION ALL SELECT 'source', d.source
     UNION ALL SELECT 'topic', s.topic WHERE s.topic IS NOT NULL
     UNION ALL SELECT 'ticker', e.entity FROM document_entities e
-              WHERE e.document_id = d.id AND e.model_version = ''
+              WHERE e.document_id = d.id AND e.model_version IN ('', s.model_version)
 ) p
 """
 
@@ -119,10 +121,11 @@ expanded AS MATERIALIZED (
         UNION ALL SELECT 'source', x.source, x.sentiment, x.p_negative, x.p_positive
         UNION ALL SELECT 'topic', x.topic, x.sentiment, x.p_negative, x.p_positive WHERE x.topic IS NOT NULL
         -- an entity row's own probabilities (entity-level model) win over the document's
-        UNION ALL SELECT 'ticker', e.entity, coalesce(e.sentiment, x.sentiment),
+        UNION ALL (SELECT DISTINCT ON (e.entity) 'ticker', e.entity, coalesce(e.sentiment, x.sentiment),
                CASE WHEN e.p_negative IS NOT NULL THEN e.p_negative ELSE x.p_negative END,
                CASE WHEN e.p_negative IS NOT NULL THEN e.p_positive ELSE x.p_positive END
-        FROM document_entities e WHERE e.document_id = x.id AND e.model_version = ''
+        FROM document_entities e WHERE e.document_id = x.id AND e.model_version IN ('', w.model_version)
+        ORDER BY e.entity, e.model_version DESC)  -- the scored row of this model version over a bare link
     ) p
 ),
 contrib AS (

@@ -65,3 +65,8 @@ class KeywordEntityScorer(KeywordScorer):
                 clause = next((c for c in body.split(";") if name.lower() in c.lower()), body)
                 entity[i] = self.distribution(clause)
         return {"sentiment": sentiment, "entity": entity}, np.zeros(n, dtype=bool)
+
+    def score_pairs(self, texts, entities):
+        from models.entity import score_pairs
+
+        return score_pairs(self, texts, entities)

@@ -81,7 +81,9 @@ def test_train_on_user_data_then_predict_with_it(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["sentiment_source"] == "user: mine.csv"
-    assert config["train"]["val_rows"]["sentiment"] == 9  # 10% of 30 per label, carved per label
+    # 10% of 30 per label held out, carved per label; half of that is the test split training never reads
+    assert config["train"]["val_rows"]["sentiment"] + config["train"]["test_rows"]["sentiment"] == 9
+    assert config["train"]["test_rows"]["sentiment"] >= 3 and config["train"]["test_share"] == 0.5
     predicted = tmp_path / "pred.csv"
     result = CliRunner().invoke(cli, ["predict", "--input", str(mine), "--text-column", "body",
                                       "--output", str(predicted), "--model", str(out)])

@@ -51,3 +51,28 @@ def test_topic_labels_accept_ids_and_names():
 def test_model_text_drops_links_and_decodes_entities():
     assert corpus.model_text("S&amp;P 500 up  https://t.co/QPN8Gwl7Uh \n") == "S&P 500 up"
     assert corpus.model_text("   ") == ""
+
+
+def test_model_text_spells_emojis_out_and_caps_their_runs():
+    assert corpus.model_text("$TSLA 🚀🚀🚀🚀🚀 moon") == "$TSLA rocket rocket rocket moon"
+    # skin tones, variation selectors and joiners are glue, not words
+    assert corpus.model_text("ugh 👎🏽 ❤️") == "ugh thumbs down sign heavy black heart"
+    assert corpus.model_text("📉📉") == "chart with downwards trend chart with downwards trend"
+    # currency, punctuation and letters are not pictographs: untouched, runs included
+    assert corpus.model_text("€30 & 5%!!!! ok?") == "€30 & 5%!!!! ok?"
+
+
+def test_test_share_is_carved_from_the_held_out_rows_and_leaves_training_unchanged():
+    frames = corpus.default_sentiment_frames()
+    plain = corpus.build_split("sentiment", frames, val_fraction=0.1, seed=13)
+    split = corpus.build_split("sentiment", frames, val_fraction=0.1, seed=13, test_share=0.5)
+    assert plain.test is None
+    assert split.train["text"].tolist() == plain.train["text"].tolist()
+    assert sorted(split.val["text"].tolist() + split.test["text"].tolist()) == sorted(plain.val["text"].tolist())
+    # half of each label of each source, give or take rounding
+    for source in split.test["source"].unique():
+        counts = split.test[split.test["source"] == source]["label"].value_counts()
+        held = plain.val[plain.val["source"] == source]["label"].value_counts()
+        assert (abs(counts - held / 2) <= 1).all()
+    again = corpus.build_split("sentiment", frames, val_fraction=0.1, seed=13, test_share=0.5)
+    assert again.test["text"].tolist() == split.test["text"].tolist()

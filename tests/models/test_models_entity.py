@@ -62,3 +62,17 @@ def test_entity_eval_against_copying_the_document_label():
     assert r["entity_head"]["mixed"]["accuracy"] == 1.0 and r["entity_head"]["all"]["n"] == 4
     assert r["n_headlines"] == 3 and r["n_mixed_rows"] == 2
     assert entity_eval(KeywordScorer(WEIGHTS), test)["entity_head"] is None
+
+
+def test_entity_arrays_round_trip_through_json_and_report_confidence():
+    import json as _json
+
+    from models.entity import EntityArrays
+
+    arrays = score_pairs(KeywordEntityScorer(WEIGHTS), ["Gold shines; Silver dull", ""], ["Silver", "Gold"])
+    back = EntityArrays.from_dict(_json.loads(_json.dumps(arrays.to_dict())))
+    assert back.sentiment.tolist() == arrays.sentiment.tolist() and back.status.tolist() == ["ok", "empty"]
+    assert np.isclose(back.p_negative[0], arrays.p_negative[0]) and np.isnan(back.p_negative[1])
+    assert np.isclose(arrays.confidence[0], max(arrays.p_negative[0], arrays.p_neutral[0], arrays.p_positive[0]))
+    with pytest.raises(ValueError, match="differ in length"):
+        EntityArrays.from_dict({**arrays.to_dict(), "truncated": [False]})

@@ -210,3 +210,58 @@ def test_sigterm_to_the_server_stops_its_workers_too(tmp_path_factory):
             httpx.get(f"{url}/health", timeout=2)
     finally:
         _stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def entity_server(tmp_path_factory):
+    """A server of a tiny model with an entity head."""
+    from tests.models.test_models_train_issue10 import issue10_data, train_tiny
+
+    model = train_tiny(tmp_path_factory.mktemp("entity-model"), issue10_data(), with_comments=False,
+                       with_entity=True).out
+    process, url = _start_server(tmp_path_factory, "--model", str(model), "--max-batch-size", "4",
+                                 "--batch-timeout", "0.5")
+    try:
+        yield url, model
+    finally:
+        _stop_group(process)
+
+
+PAIRS = (["Gold shines on seasonal demand; Silver dull", "Gold shines on seasonal demand; Silver dull", None, "x"],
+         ["Gold", "Silver", "Gold", "  "])
+
+
+def test_remote_pairs_equal_in_process_pairs_and_batch_with_texts(entity_server):
+    from models.scorer import Scorer
+
+    url, model = entity_server
+    local = Scorer.load(model, device="cpu").score_pairs(*PAIRS)
+    with RemoteScorer(url) as remote:
+        assert "entity" in remote.labels
+        # a pairs request and a texts request in flight together (one server batch): each gets its own answer
+        with ThreadPoolExecutor(2) as pool:
+            pairs = pool.submit(remote.score_pairs, *PAIRS)
+            texts = pool.submit(remote.score_arrays, TEXTS[:3])
+            got, arrays = pairs.result(), texts.result()
+    assert got.status.tolist() == local.status.tolist() == ["ok", "ok", "empty", "empty"]
+    assert got.sentiment.tolist() == local.sentiment.tolist()
+    assert np.allclose(got.p_negative[:2], local.p_negative[:2], atol=1e-4) and np.isnan(got.p_negative[2])
+    assert len(arrays) == 3 and arrays.model_version == got.model_version
+
+
+def test_pairs_to_a_model_without_an_entity_head_are_rejected_and_spoil_no_other_request(tmp_path_factory, tiny_model):
+    process, url = _start_server(tmp_path_factory, "--model", str(tiny_model[0].out), "--max-batch-size", "4",
+                                 "--batch-timeout", "0.5")
+    try:
+        with RemoteScorer(url, retries=0) as remote:
+            assert "entity" not in remote.labels
+            with ThreadPoolExecutor(2) as pool:
+                pairs = pool.submit(remote.score_pairs, *PAIRS)
+                texts = pool.submit(remote.score_arrays, TEXTS[:3])
+                with pytest.raises(ScorerRejected, match="no entity head"):
+                    pairs.result()
+                assert texts.result().status.tolist() == ["ok"] * 3
+        misaligned = httpx.post(f"{url}/score", json={"texts": ["a", "b"], "entities": ["a"]}, timeout=30)
+        assert misaligned.status_code == 422 and "2 texts but 1 entities" in misaligned.text
+    finally:
+        _stop_group(process)

@@ -22,8 +22,8 @@ def _sample(frames, n):
     return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
 
 
-@pytest.fixture(scope="module")
-def data():
+def issue10_data():
+    """Small samples of every training set issue 10 uses (sentiment, topic, entity pairs, comments) and the entity test rows."""
     sentiment = corpus.build_split("sentiment", _sample(corpus.default_sentiment_frames(), 40), val_fraction=0.2, seed=1)
     topic = corpus.build_split("topic", _sample(corpus.default_topic_frames(), 4), val_fraction=0.2, seed=1)
     split, test = entity_splits(seed=13)
@@ -33,7 +33,13 @@ def data():
     return sentiment, topic, entity, test, comments
 
 
-def _train(out, data, *, with_comments: bool, with_entity: bool):
+@pytest.fixture(scope="module")
+def data():
+    return issue10_data()
+
+
+def train_tiny(out, data, *, with_comments: bool, with_entity: bool):
+    """A tiny model (seconds) on ``issue10_data()``."""
     sentiment, topic, entity, _, comments = data
     config = TrainConfig(out=out, mode="lora", max_length=40, batch_size=32, epochs=2, max_steps=24,
                          evals_per_epoch=1, patience=10, progress=False, seed=3, lr_encoder=2e-3, lr_heads=5e-3,
@@ -44,7 +50,7 @@ def _train(out, data, *, with_comments: bool, with_entity: bool):
 
 @pytest.fixture(scope="module")
 def issue10_model(tmp_path_factory, data):
-    return _train(tmp_path_factory.mktemp("issue10-model"), data, with_comments=True, with_entity=True)
+    return train_tiny(tmp_path_factory.mktemp("issue10-model"), data, with_comments=True, with_entity=True)
 
 
 def test_the_model_folder_has_an_entity_head_and_records_the_comments(issue10_model):
@@ -112,5 +118,5 @@ def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, 
         p = distributions["sentiment"]
         return float(np.nanmean(sign * (np.log(p[:, 2]) - np.log(p[:, 0]))))
 
-    without = _train(tmp_path / "no-comments", data, with_comments=False, with_entity=True)
+    without = train_tiny(tmp_path / "no-comments", data, with_comments=False, with_entity=True)
     assert signed_margin(issue10_model.out) > signed_margin(without.out)

@@ -263,3 +263,57 @@ def test_everything_the_processor_emits_is_storable(fresh_db, scorer, linker):
             assert conn.execute(sa.text("SELECT novelty FROM documents WHERE id = 'g2'")).scalar() is False
     finally:
         engine.dispose()
+
+
+ENTITY_WEIGHTS = {"slumps": (3.0, 0.0, 0.0), "soars": (0.0, 0.0, 3.0)}
+
+
+def test_the_entity_head_scores_every_link_in_one_call(linker):
+    from tests.models.keyword_scorer import KeywordEntityScorer, KeywordScorer
+
+    doc = document("mixed", title="$TSLA slumps after a recall; $NVDA soars on record demand", text="", tickers=[])
+    scorer = KeywordEntityScorer(ENTITY_WEIGHTS)
+    out = process_records(records([(DOCS, json.dumps(doc).encode()), (DOCS, json.dumps(document("g")).encode())]),
+                          scorer=scorer, linker=linker, config=CONFIG)
+    entities = {e["entity"]: e for e in out.iloc[0]["entities"]}
+    assert entities["TSLA"]["sentiment"] == "negative" and entities["NVDA"]["sentiment"] == "positive"
+    for e in entities.values():
+        assert e["model_version"] == scorer.version
+        assert abs(e["p_negative"] + e["p_neutral"] + e["p_positive"] - 1) < 1e-5
+        assert e["confidence"] == max(e["p_negative"], e["p_neutral"], e["p_positive"])
+    # one scorer call for the documents, one for every (document, ticker) pair of the batch
+    assert len(scorer.calls) == 2 and len(scorer.calls[1]) == 2 + len(out.iloc[1]["entities"])
+    assert scorer.calls[1][0].startswith("TSLA [SEP] ")
+
+    # a model without an entity head: the links stay, bare (the document's score counts for them)
+    bare = process_records(records([(DOCS, json.dumps(doc).encode())]), scorer=KeywordScorer(ENTITY_WEIGHTS),
+                           linker=linker, config=CONFIG)
+    assert [(e["entity"], e["model_version"], e["sentiment"]) for e in bare.iloc[0]["entities"]] == [
+        ("TSLA", "", None), ("NVDA", "", None)]
+
+
+def test_an_entity_scorer_failure_propagates(linker):
+    from tests.models.keyword_scorer import KeywordEntityScorer
+
+    class Broken(KeywordEntityScorer):
+        def score_pairs(self, texts, entities):
+            raise RuntimeError("entity head down")
+
+    with pytest.raises(RuntimeError, match="entity head down"):
+        process_records(records([(DOCS, json.dumps(document("x")).encode())]), scorer=Broken(ENTITY_WEIGHTS),
+                        linker=linker, config=CONFIG)
+
+
+def test_entity_context_reads_around_a_late_mention():
+    from pipeline.process import ENTITY_CONTEXT_CHARS, entity_context, entity_name
+
+    opening = "Markets were calm this morning as investors waited for the jobs report. " * 6
+    content = opening + "Later, Globex shares fell 9% after a profit warning. " + "Analysts shrugged. " * 30
+    around = entity_context(content, "Globex")
+    assert "Globex shares fell 9%" in around and len(around) < 2 * ENTITY_CONTEXT_CHARS
+    assert not around.startswith(" ") and content.find(around) >= 0
+    assert entity_context("Globex falls. " + content, "globex").startswith("Globex falls.")
+    assert entity_context(content, None) == content and entity_context(content, "Initech") == content
+    assert entity_name({"mention": "$AAPL", "entity": "AAPL"}) == "AAPL"
+    assert entity_name({"mention": "Apple", "entity": "AAPL"}) == "Apple"
+    assert entity_name({"mention": None, "entity": "AAPL"}) == "AAPL"

@@ -23,7 +23,8 @@ TABLES = ["documents", "document_scores", "document_entities", "dead_letters", "
 def doc_row(doc_id: str, published_at: datetime, *, offset: int, p=(0.2, 0.3, 0.5), source="src-a",
             topic="Earnings", novelty=None, tickers=(), entity_p: dict | None = None, partition=0,
             text="some text", model_version=MV) -> dict:
-    """A processed document row as the executors produce it (entities: one rule link per ticker)."""
+    """A processed document row as the executors produce it: one link per ticker, scored by the entity head
+    (``entity_p``: that model's version) or bare (version ``''``)."""
     p_neg, p_neu, p_pos = p
     sentiment = ["negative", "neutral", "positive"][max(range(3), key=lambda k: p[k])]
     entities = []
@@ -31,7 +32,7 @@ def doc_row(doc_id: str, published_at: datetime, *, offset: int, p=(0.2, 0.3, 0.
         ep = (entity_p or {}).get(ticker)
         entities.append({
             "entity": ticker, "entity_type": "ticker", "linked_by": "cashtag", "mention": f"${ticker}",
-            "model_version": "", "sentiment": None if ep is None else ["negative", "neutral", "positive"][
+            "model_version": "" if ep is None else model_version, "sentiment": None if ep is None else ["negative", "neutral", "positive"][
                 max(range(3), key=lambda k: ep[k])],
             "confidence": None, "p_negative": None if ep is None else ep[0], "p_neutral": None if ep is None else ep[1],
             "p_positive": None if ep is None else ep[2],
@@ -195,3 +196,23 @@ def test_arrow_input_is_accepted(engine, sink):
     assert (report.n_documents, report.n_dead) == (1, 1)
     assert count(engine, "SELECT published_at FROM documents") == T0
     assert count(engine, "SELECT count(*) FROM document_entities WHERE entity = 'TSLA'") == 1
+
+
+def test_ticker_windows_use_the_entity_score_of_their_own_model_version(engine, sink):
+    """Model A (with an entity head) scored "a"; model B (without one) re-scores it: A's ticker window keeps A's
+    entity-level score, B's uses B's document score, and neither counts the document twice."""
+    write(sink, 0, [doc_row("a", T0, offset=1, p=(0.1, 0.1, 0.8), tickers=["TSLA"],
+                            entity_p={"TSLA": (0.9, 0.05, 0.05)}, model_version="model-a")])
+    write(sink, 1, [doc_row("a", T0, offset=2, p=(0.2, 0.2, 0.6), tickers=["TSLA"], model_version="model-b")])
+    assert count(engine, "SELECT count(*) FROM document_entities WHERE document_id = 'a'") == 2  # A's and B's bare link
+    # recompute every version's windows from the stored rows (as `finpulse pipeline backfill` does)
+    from pipeline import windows
+
+    windows.backfill(engine, since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1),
+                     widths=[timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)])
+    sql = ("SELECT {} FROM sentiment_windows WHERE dimension = 'ticker' AND key = 'TSLA' AND width_seconds = 3600 "
+           "AND model_version = :mv")
+    assert count(engine, sql.format("n_docs"), mv="model-a") == 1
+    assert count(engine, sql.format("n_negative"), mv="model-a") == 1        # the entity head said negative
+    assert count(engine, sql.format("n_docs"), mv="model-b") == 1
+    assert count(engine, sql.format("n_positive"), mv="model-b") == 1        # the document's own score

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Training levers side by side (issue 10): each run trains with `finpulse model train` on the same
+# split (seed 13, test share 0.5 of the held-out rows) and is then scored on
+#   - the test split that training never reads (sentiment, topic), and validation,
+#   - out of domain: the 1,300 labelled 2020 stock tweets, held-out StockTwits comments, surge tweets,
+#   - the checklist, and held-out SEntFiN entity rows (entity head against copying the document label).
+# Usage: bench/train_levers.sh OUT_DIR [RUN ...]
+#   runs: shipped (models/shipped, evaluated only) full full_nocomments lora full_ls full_seed7
+# bench/levers_table.py OUT_DIR prints the table. Reads ../shared (evaluation data), so it lives in bench/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bench/train_levers.sh OUT_DIR [RUN ...]}; shift
+RUNS=("$@"); [ ${#RUNS[@]} -gt 0 ] || RUNS=(shipped full full_nocomments lora full_ls full_seed7)
+SHARED=${FINPULSE_SHARED_DATA:-../shared/data}
+THREADS=${THREADS:-2}
+EPOCHS=${EPOCHS:-3}
+export HF_HUB_OFFLINE=1
+F=.venv/bin/finpulse
+mkdir -p "$OUT"
+[ -f "$OUT/split/sentiment_test.csv" ] || $F model split --out "$OUT/split" --test-share 0.5 >/dev/null
+
+common=(--epochs "$EPOCHS" --threads "$THREADS" --no-progress --with-entities --test-share 0.5)
+for run in "${RUNS[@]}"; do
+  model=$OUT/$run/model
+  case $run in
+    shipped)         model=models/shipped; args=() ;;
+    full)            args=(--mode full --with-comments) ;;
+    lora)            args=(--mode lora --with-comments) ;;
+    full_ls)         args=(--mode full --with-comments --label-smoothing 0.1) ;;
+    full_seed7)      args=(--mode full --with-comments --seed 7 --split-seed 13) ;;
+    full_nocomments) args=(--mode full) ;;
+    *) echo "unknown run $run" >&2; exit 2 ;;
+  esac
+  dir=$OUT/$run
+  if [ "$run" != shipped ] && [ ! -f "$dir/trained" ]; then
+    mkdir -p "$dir"
+    echo "$(date -u +%FT%TZ) train $run: ${args[*]}"
+    $F model train --out "$dir/model" "${common[@]}" "${args[@]}" >"$dir/train.json" 2>"$dir/train.log"
+    touch "$dir/trained"
+  fi
+  r=$dir/reports; mkdir -p "$r"
+  echo "$(date -u +%FT%TZ) evaluate $run"
+  for task in sentiment topic; do
+    for part in test val; do
+      $F model eval --model "$model" --task $task --data "$OUT/split/${task}_${part}.csv" \
+        --json "$r/${task}_${part}.json" --threads "$THREADS" >/dev/null
+    done
+  done
+  $F model eval-ood --model "$model" --three-class "$SHARED/replay/stock_market_tweets_2020.csv" \
+    --binary "$SHARED/replay/surge_stock_tweets.csv" --comments-heldout --json "$r/ood.json" --threads "$THREADS" >/dev/null
+  $F model checklist --model "$model" --json "$r/checklist.json" --threads "$THREADS" >/dev/null
+  $F model entity-eval --model "$model" --json "$r/entity.json" --threads "$THREADS" >/dev/null
+  echo "$(date -u +%FT%TZ) done $run"
+done
