@@ -193,6 +193,9 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
     optimizer = torch.optim.AdamW(
         [{"params": encoder_params, "lr": config.encoder_lr()}, {"params": head_params, "lr": config.lr_heads}],
         weight_decay=config.weight_decay,
+        # One fused kernel over all parameters: the per-tensor loop was a quarter of a full
+        # fine-tuning step on 2 CPU cores (py-spy), most of it on the 11.7M-row embedding matrix.
+        fused=True,
     )
     steps_per_epoch = -(-len(table) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs

@@ -132,9 +132,12 @@ _SUMMARY_SQL = {
     "windows": "SELECT count(*) FROM sentiment_windows",
     "batches": "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'",
 }
+# Per ticker, the entity head's score where the model has one (else the document's), per model version.
 _TOP_TICKERS = """
-SELECT e.entity, count(*) AS n, avg(s.score) AS mean_score
-FROM document_entities e JOIN document_scores s ON s.document_id = e.document_id
+SELECT e.entity, count(*) AS n,
+       avg(CASE WHEN e.p_negative IS NOT NULL THEN e.p_positive - e.p_negative ELSE s.score END) AS mean_score
+FROM document_entities e
+JOIN document_scores s ON s.document_id = e.document_id AND e.model_version IN ('', s.model_version)
 WHERE e.entity_type = 'ticker'
 GROUP BY e.entity ORDER BY n DESC, e.entity LIMIT 10
 """
@@ -150,6 +153,10 @@ Query it (psql "$(.venv/bin/finpulse db url --show-password)"):
   SELECT key, sum(n_docs), round(avg(mean_score)::numeric, 3) FROM sentiment_windows
     WHERE dimension = 'topic' AND width_seconds = 60 AND window_start > now() - interval '1 hour'
     GROUP BY key ORDER BY 2 DESC;
+  -- the sentiment towards each company a document names (the model's entity head)
+  SELECT d.published_at, e.entity, e.sentiment, round(e.confidence::numeric, 2), left(coalesce(d.title, d.text), 60)
+    FROM document_entities e JOIN documents d ON d.id = e.document_id
+    WHERE e.sentiment IS NOT NULL ORDER BY d.published_at DESC LIMIT 20;
   -- what was rejected, and why
   SELECT stage, reason, count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 3 DESC;"""
 

@@ -83,16 +83,16 @@ def test_finpulse_run_replays_the_sample_once_and_reports(stack, tmp_path):
 def test_every_query_make_run_prints_runs(fresh_db):
     """The psql examples `finpulse run` prints are SQL an analyst pastes: each must run on the schema."""
     from finpulse import db
-    from stack.cli import PSQL_EXAMPLES
+    from stack.cli import _TOP_TICKERS, PSQL_EXAMPLES
 
     statements = [" ".join(chunk.split()) for chunk in
                   "\n".join(line for line in PSQL_EXAMPLES.splitlines()[1:] if not line.strip().startswith("--"))
                   .split(";") if chunk.strip()]
-    assert len(statements) == 4, statements
+    assert len(statements) == 5, statements
     engine = db.engine(fresh_db)
     try:
         with engine.connect() as conn:
-            for statement in statements:
+            for statement in statements + [_TOP_TICKERS]:  # and the summary's top tickers
                 conn.execute(sa.text(statement)).all()
     finally:
         engine.dispose()
