@@ -200,6 +200,8 @@ class Evaluator:
         for row in conn.execute(sa.text("SELECT * FROM alerts WHERE status IN ('pending', 'firing')")):
             if row.rule in open_eps:
                 open_eps[row.rule][row.key] = _episode_from_row(row)
+            else:
+                self._close_orphan(conn, _episode_from_row(row), now, report)
         silences = active_silences(conn, now)
         for end in sorted(by_end):
             resolved_now: list[Episode] = []
@@ -329,6 +331,19 @@ class Evaluator:
         if source is not None:
             return "inhibited", {"by_alert": source.id, "by_rule": source.rule, "by_key": source.key}
         return None
+
+    @staticmethod
+    def _close_orphan(conn: Connection, ep: Episode, now: datetime, report: Report) -> None:
+        """An open episode whose rule is no longer configured: closed (resolved if it fired, else
+        cancelled) with a ``rule_removed`` event, so it does not stay open for ever. Without its
+        rule there are no routes, so no receiver is told."""
+        ep.status = "resolved" if ep.status == "firing" else "cancelled"
+        ep.ends_at = now
+        _save(conn, ep)
+        _event(conn, ep.id, "rule_removed", None, {"status": ep.status})
+        report.transitions.append(("rule_removed", ep.rule, ep.key, now.isoformat()))
+        log.warning("alert %s %s=%s closed (%s): its rule is no longer configured", ep.rule, ep.dimension, ep.key,
+                    ep.status)
 
     def _rule(self, name: str) -> Rule | None:
         return next((r for r in self.config.rules if r.name == name), None)

@@ -357,3 +357,21 @@ rules:
     report = _evaluator(engine, alert_settings, rules).run_once()
     fired = {(r, k) for e, r, k, _ in report.transitions if e == "firing"}
     assert fired == {("first-stories", "BETA"), ("all-documents", "ACME"), ("all-documents", "BETA")}
+
+
+def test_an_open_episode_of_a_removed_rule_is_closed_not_left_open(engine, alert_settings, tmp_path, hook):
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(1, 0)))  # still surging at the last window
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port)
+    first = _evaluator(engine, alert_settings, rules).run_once()
+    assert ("firing", "ACME") in [(e, k) for e, _, k, _ in first.transitions]
+    # The operator deletes the ticker rule; the next evaluation closes its firing episode.
+    text = rules.read_text()
+    start, end = text.index("  - name: ticker-share"), text.index("  - name: market-share")
+    rules.write_text(text[:start] + text[end:])
+    later = NOW + timedelta(minutes=5)
+    second = _evaluator(engine, alert_settings, rules, now=later).run_once()
+    assert [(e, r, k) for e, r, k, _ in second.transitions] == [("rule_removed", "ticker-share", "ACME")]
+    assert [tuple(r) for r in _rows(engine, "SELECT status, ends_at FROM alerts WHERE rule = 'ticker-share'")] == [
+        ("resolved", later)]
+    assert _rows(engine, "SELECT count(*) FROM alert_events WHERE event = 'rule_removed'")[0][0] == 1
+    assert not _evaluator(engine, alert_settings, rules, now=later).run_once().transitions  # closed once
