@@ -22,6 +22,8 @@
   scoring               empty_text   nothing left to score after the model's text cleaning
   (envelope's stage)    (envelope's) a dead letter that ingest published on the dead-letter topic
   contract              bad_envelope a dead-letter-topic record that is not ingest's envelope
+  storage               rejected     Postgres refused the document (written by the sink, see
+                                     ``pipeline.sink``)
   ====================  ===========  ======================================================
 
 A scorer failure (an exception, ``models.remote.ScorerUnavailable``) is neither a dead letter

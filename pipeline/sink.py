@@ -12,6 +12,13 @@ id the record with the highest Kafka offset wins; dead letters are unique per (s
 partition, offset). Writes are ``execute_values`` statements of up to ``PAGE_SIZE`` rows,
 never a statement per row.
 
+A document Postgres itself refuses (a data or constraint error: a value no check upstream
+caught) would otherwise fail its batch on every retry and stall the stream. So on such an error
+the batch is probed document by document (each under a savepoint, all rolled back), the refused
+ones become dead letters (stage ``storage``, reason ``rejected``, the Postgres error as detail,
+the document as JSON as payload) and the batch is written again without them. Errors of the
+server or the connection are not the data's fault: they propagate and the batch is retried.
+
 Lateness: the watermark is the highest ``max_event_time`` of this query's committed batches
 minus ``lateness``. A document older than the watermark is stored and scored, but the windows
 at its new event time are not recomputed by the stream (it is counted in ``n_late``);
@@ -31,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg2
 from psycopg2.extras import Json, execute_values
 from sqlalchemy.engine import Engine
 
 from pipeline import windows
-from pipeline.rows import PROCESSED_COLUMNS, ROW_DEAD_LETTER, ROW_DOCUMENT
+from pipeline.rows import PROCESSED_COLUMNS, ROW_DEAD_LETTER, ROW_DOCUMENT, blank_row
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +207,39 @@ def _bytes(value) -> bytes | None:
     return bytes(value)
 
 
+# Errors that are the data's fault and come back on every retry (SQLSTATE classes 22 and 23).
+STORAGE_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
+
+_DOCUMENT_FIELDS = ("schema_version", "id", "source", "kind", "url", "title", "text", "author", "published_at",
+                    "fetched_at", "lang", "tickers", "parent_id", "extra")
+
+
+def _pg_error(exc: Exception) -> str:
+    code = getattr(exc, "pgcode", None)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__} {code}: {message}"[:2000] if code else f"{type(exc).__name__}: {message}"[:2000]
+
+
+def _document_json(row) -> bytes:
+    """A refused document's contract fields as JSON (the raw bytes are not kept for documents)."""
+    doc = {}
+    for name in _DOCUMENT_FIELDS:
+        value = _none(row.get(name))
+        if isinstance(value, pd.Timestamp):
+            value = value.isoformat()
+        elif name == "tickers":
+            value = [str(t) for t in _as_list(value)]
+        elif name == "extra" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        elif isinstance(value, np.generic):
+            value = value.item()
+        doc[name] = value
+    return json.dumps(doc, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
+
+
 def _float(value) -> float | None:
     value = _none(value)
     return None if value is None else float(value)
@@ -240,9 +281,60 @@ class PostgresSink:
     # -- the batch ----------------------------------------------------------------------------
 
     def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime) -> BatchReport:
-        """Write one micro-batch in one transaction; a batch id already committed is skipped."""
-        t0 = time.monotonic()
+        """Write one micro-batch in one transaction; a batch id already committed is skipped.
+
+        Documents Postgres refuses are dead-lettered (see the module docstring), never retried for ever.
+        """
         frame = to_frame(rows)
+        try:
+            return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+        except STORAGE_ERRORS as exc:
+            log.warning("batch %s of %s: Postgres refused a row (%s); probing its documents one by one",
+                        batch_id, self.query_name, _pg_error(exc))
+        frame = self.quarantine(frame, batch_id)
+        return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+
+    def quarantine(self, frame: pd.DataFrame, batch_id: int) -> pd.DataFrame:
+        """``frame`` with each document row Postgres refuses on its own replaced by a ``storage`` dead letter."""
+        frame = frame.reset_index(drop=True)
+        docs = frame[frame["row_type"] == ROW_DOCUMENT]
+        refused: dict[int, str] = {}
+        raw = self.engine.raw_connection()
+        try:
+            with raw.cursor() as cur:
+                for index, row in docs.iterrows():
+                    one = docs.loc[[index]]
+                    published = [_utc(one["published_at"].iloc[0])]
+                    cur.execute("SAVEPOINT probe")
+                    try:
+                        self._write_documents(cur, one, published, batch_id)
+                        self._write_scores(cur, one, published, batch_id)
+                        self._write_entities(cur, one, [str(row["id"])])
+                    except STORAGE_ERRORS as exc:
+                        refused[index] = _pg_error(exc)
+                    cur.execute("ROLLBACK TO SAVEPOINT probe")
+        finally:
+            raw.rollback()
+            raw.close()
+        if not refused:
+            return frame  # the error was not one document's: writing again raises it, the batch is retried
+        now = pd.Timestamp(datetime.now(timezone.utc))
+        records = frame.to_dict("records")
+        for index, error in refused.items():
+            row = frame.loc[index]
+            log.warning("document %r (%s[%s]@%s) refused by Postgres: %s; dead-lettered", row["id"],
+                        row["kafka_topic"], row["kafka_partition"], row["kafka_offset"], error)
+            dead = blank_row(
+                row_type=ROW_DEAD_LETTER, kafka_topic=row["kafka_topic"], kafka_partition=row["kafka_partition"],
+                kafka_offset=row["kafka_offset"], kafka_timestamp=row["kafka_timestamp"], raw_key=row["raw_key"],
+                raw_payload=_document_json(row), dl_stage="storage", dl_reason="rejected", dl_detail=error,
+                dl_rejected_at=now, dl_source=_none(row["source"]), dl_url=_none(row["url"]))
+            records[index] = dead
+        return pd.DataFrame(records, columns=frame.columns)
+
+    def _write_batch(self, batch_id: int, frame: pd.DataFrame, *, scorer_name: str,
+                     started_at: datetime) -> BatchReport:
+        t0 = time.monotonic()
         docs = frame[frame["row_type"] == ROW_DOCUMENT]
         dls = frame[frame["row_type"] == ROW_DEAD_LETTER]
         bad = docs["model_version"].isna() | docs["id"].isna() | docs["published_at"].isna()

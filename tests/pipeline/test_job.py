@@ -72,6 +72,18 @@ def test_entities_are_cashtags_and_aliases(reference, stream):
         assert found.get(doc["id"], set()) >= set(doc["_expected_tickers"]), doc["id"]
 
 
+def test_every_link_carries_the_entity_heads_score(reference):
+    """The shipped model has an entity head (tests/models pins that): every link is scored by it, with the
+    document's model version, a sentiment and a distribution."""
+    rows = _rows(reference["settings"], "SELECT e.*, s.model_version AS doc_version FROM document_entities e "
+                                        "JOIN document_scores s ON s.document_id = e.document_id")
+    assert rows
+    for r in rows:
+        assert r["model_version"] == r["doc_version"] and r["sentiment"] in ("negative", "neutral", "positive")
+        assert abs(r["p_negative"] + r["p_neutral"] + r["p_positive"] - 1) < 1e-3
+        assert r["confidence"] == pytest.approx(max(r["p_negative"], r["p_neutral"], r["p_positive"]), abs=1e-6)
+
+
 def test_window_counts_match_the_stream(reference, stream):
     settings = reference["settings"]
     docs = stream.documents

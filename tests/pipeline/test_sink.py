@@ -3,6 +3,7 @@ exactly once per batch id, in-batch dedupe, re-sent documents, atomicity, latene
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -83,6 +84,11 @@ def sink(engine):
     return PostgresSink(engine, query_name="test-query", widths="1m,1h,1d", lateness="1d")
 
 
+def _rows(engine, sql: str, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
 def count(engine, sql: str, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).scalar()
@@ -147,16 +153,28 @@ def test_a_resent_document_with_a_new_time_and_tickers_leaves_its_old_windows(en
 def test_a_batch_that_fails_mid_write_leaves_nothing_and_is_not_recorded(engine, sink):
     write(sink, 0, [doc_row("a", T0, offset=1)])
     before = snapshot(engine)
-    bad = doc_row("c", T0, offset=3)
-    bad["p_negative"] = 1.5  # violates document_scores' CHECK, written after the documents
-    with pytest.raises(psycopg2.errors.CheckViolation, match="p_negative"):
-        write(sink, 1, [doc_row("b", T0, offset=2, tickers=["NVDA"]), bad, dl_row(4)])
+    # pipeline_batches is written last, after documents, scores, entities and windows
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE pipeline_batches ADD CONSTRAINT test_not_one CHECK (batch_id <> 1)"))
+    with pytest.raises(psycopg2.errors.CheckViolation, match="test_not_one"):
+        write(sink, 1, [doc_row("b", T0, offset=2, tickers=["NVDA"]), doc_row("c", T0, offset=3), dl_row(4)])
     assert snapshot(engine) == before
     assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE batch_id = 1") == 0
-    # Spark retries the batch (with the record fixed upstream): it goes through as a whole.
+    # Spark retries the batch (the fault fixed meanwhile): it goes through as a whole.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE pipeline_batches DROP CONSTRAINT test_not_one"))
     report = write(sink, 1, [doc_row("b", T0, offset=2, tickers=["NVDA"]), doc_row("c", T0, offset=3), dl_row(4)])
     assert not report.skipped and report.n_documents == 2
     assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+
+
+def test_a_score_postgres_refuses_dead_letters_its_document(engine, sink):
+    bad = doc_row("c", T0, offset=3)
+    bad["p_negative"] = 1.5  # violates document_scores' CHECK, written after the documents
+    report = write(sink, 0, [doc_row("b", T0, offset=2), bad])
+    assert report.n_documents == 1 and report.n_dead == 1
+    assert count(engine, "SELECT count(*) FROM documents WHERE id = 'c'") == 0
+    assert "p_negative" in count(engine, "SELECT detail FROM dead_letters WHERE stage = 'storage'")
 
 
 def test_late_documents_are_stored_and_counted_but_not_folded(engine, sink):
@@ -216,3 +234,24 @@ def test_ticker_windows_use_the_entity_score_of_their_own_model_version(engine, 
     assert count(engine, sql.format("n_negative"), mv="model-a") == 1        # the entity head said negative
     assert count(engine, sql.format("n_docs"), mv="model-b") == 1
     assert count(engine, sql.format("n_positive"), mv="model-b") == 1        # the document's own score
+
+
+def test_a_document_postgres_refuses_is_dead_lettered_and_the_batch_commits(engine, sink):
+    """A value no upstream check caught (here: a constraint the test adds) must not stall the stream."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE documents ADD CONSTRAINT test_no_evil CHECK (text <> 'evil')"))
+    rows = [doc_row("good", T0, offset=1, tickers=["TSLA"]), doc_row("bad", T0, offset=2, text="evil", tickers=["AAPL"]),
+            doc_row("bad", T0, offset=3, text="evil"),  # its replay in the same batch: refused too
+            dl_row(4)]
+    report = write(sink, 0, rows)
+    assert not report.skipped and report.n_documents == 1 and report.n_dead == 3
+    assert [r[0] for r in _rows(engine, "SELECT id FROM documents")] == ["good"]
+    assert count(engine, "SELECT count(*) FROM document_entities WHERE entity = 'AAPL'") == 0
+    refused = _rows(engine, "SELECT stage, reason, detail, raw_payload, source_offset FROM dead_letters "
+                            "WHERE stage = 'storage' ORDER BY source_offset")
+    assert [(r.stage, r.reason, r.source_offset) for r in refused] == [("storage", "rejected", 2), ("storage", "rejected", 3)]
+    assert "test_no_evil" in refused[0].detail and "23514" in refused[0].detail
+    payload = json.loads(bytes(refused[0].raw_payload))
+    assert payload["id"] == "bad" and payload["text"] == "evil" and payload["tickers"] == ["AAPL"]
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 1
+    assert count(engine, "SELECT status FROM pipeline_batches WHERE batch_id = 0") == "committed"
