@@ -81,8 +81,9 @@ def head_calibration(logits: torch.Tensor, labels: list[str], names: list[str], 
 
 def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
                        ood: dict[str, tuple[list[str], list[str]]] | None = None) -> dict:
-    """Per head on the bundled validation split (``finpulse model split``), plus sentiment on ``ood`` sets
-    (name -> (texts, negative/neutral/positive labels))."""
+    """Per head on the bundled validation split (``finpulse model split``; the whole held-out share, test
+    part included), the entity head (when the model has one) on its validation and held-out test pairs,
+    plus sentiment on ``ood`` sets (name -> (texts, negative/neutral/positive labels))."""
     report: dict = {"model_version": scorer.version, "split": {"seed": seed, "val_fraction": val_fraction},
                     "validation": {}, "out_of_domain": {}}
     frames = {"sentiment": corpus.default_sentiment_frames(), "topic": corpus.default_topic_frames()}
@@ -91,6 +92,19 @@ def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
         logits = head_logits(scorer, split.val["text"].tolist(), task)
         report["validation"][task] = head_calibration(logits, split.val["label"].tolist(), list(TASKS[task]),
                                                       shipped_temperature=float(scorer.temperature.get(task, 1.0)))
+    if "entity" in scorer.labels:
+        # The entity head on its own pairs: validation (where its T was fit) and the held-out test rows.
+        from models.entity import ENTITY_TASK, entity_splits
+
+        entity_split, entity_test = entity_splits(seed=seed, sentence_val_fraction=val_fraction)
+        names = list(scorer.labels[ENTITY_TASK])
+        t_entity = float(scorer.temperature.get(ENTITY_TASK, 1.0))
+        report["validation"][ENTITY_TASK] = head_calibration(
+            head_logits(scorer, entity_split.val["text"].tolist(), ENTITY_TASK), entity_split.val["label"].tolist(),
+            names, shipped_temperature=t_entity)
+        report["test"] = {ENTITY_TASK: head_calibration(
+            head_logits(scorer, entity_test["text"].tolist(), ENTITY_TASK), entity_test["label"].tolist(),
+            names, shipped_temperature=t_entity)}
     for name, (texts, labels) in (ood or {}).items():
         logits = head_logits(scorer, texts, "sentiment")
         report["out_of_domain"][name] = head_calibration(
@@ -106,6 +120,7 @@ def plot_reliability(report: dict, out: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [(f"{task} (validation)", r) for task, r in report["validation"].items()]
+    panels += [(f"{task} (test)", r) for task, r in report.get("test", {}).items()]
     panels += [(f"sentiment ({name})", r) for name, r in report["out_of_domain"].items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
     for ax, (title, r) in zip(axes[0], panels, strict=True):

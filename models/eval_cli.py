@@ -162,8 +162,8 @@ def calibration_command(json_out, plot, ood, ood_label_column, seed, val_fractio
         frame = _labelled_rows(path, text_column="text", label_column=ood_label_column)
         ood_sets[path.name] = (frame["text"].tolist(), frame["label"].tolist())
     report = calibration_report(scorer, seed=seed, val_fraction=val_fraction, ood=ood_sets)
-    for group in ("validation", "out_of_domain"):
-        for name, r in report[group].items():
+    for group in ("validation", "test", "out_of_domain"):
+        for name, r in report.get(group, {}).items():
             click.echo(f"{group}/{name}: n={r['n']} ECE before (T=1) {r['before']['ece']:.4f}, after "
                        f"(T={r['after']['temperature']:.2f}) {r['after']['ece']:.4f}, cross-fit {r['cross_fit']['ece']:.4f}")
     _write_json(report, json_out)

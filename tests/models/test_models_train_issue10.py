@@ -120,3 +120,15 @@ def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, 
 
     without = train_tiny(tmp_path / "no-comments", data, with_comments=False, with_entity=True)
     assert signed_margin(issue10_model.out) > signed_margin(without.out)
+
+
+def test_calibration_covers_the_entity_head_on_validation_and_test_pairs(issue10_model):
+    from models.calibration import calibration_report
+
+    split, test = entity_splits(seed=13)
+    report = calibration_report(Scorer.load(issue10_model.out, device="cpu"))
+    assert set(report["validation"]) == {"sentiment", "topic", "entity"}
+    assert report["validation"]["entity"]["n"] == len(split.val) and report["test"]["entity"]["n"] == len(test)
+    entity_t = json.loads((issue10_model.out / "config.json").read_text())["temperature"]["entity"]
+    assert report["test"]["entity"]["after"]["temperature"] == pytest.approx(entity_t)
+    assert 0 <= report["test"]["entity"]["before"]["ece"] <= 1
