@@ -140,7 +140,10 @@ def save_model(network: MultiHeadEncoder, *, out: Path, config: dict) -> str:
         save_file(adapter, out / ADAPTER_FILE)
         (out / ENCODER_FILE).unlink(missing_ok=True)
     else:
-        encoder = {k: v.detach().float().contiguous() for k, v in network.encoder.state_dict().items()}
+        # fp16 on disk halves the folder (90 -> 45 MB for MiniLM-L6); loading casts back to fp32. The
+        # rounding (~5e-4 relative) is below the bf16 the CPU and GPU paths compute in: measured on
+        # 800 tweets it changed 1 sentiment label (max |dp| 0.007) and no topic.
+        encoder = {k: v.detach().to(torch.float16).contiguous() for k, v in network.encoder.state_dict().items()}
         save_file(encoder, out / ENCODER_FILE)
         (out / ADAPTER_FILE).unlink(missing_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The checklist runner: it scores every text once and counts passes per capability correctly.
 
 These tests check the runner and the case file, not that the model passes (its pass rates are
-a report: models/reports/checklist_shipped.json).
+a report: models/reports/round2/levers/shipped/checklist.json).
 """
 
 from __future__ import annotations

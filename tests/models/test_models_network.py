@@ -60,9 +60,11 @@ def test_save_load_round_trip_gives_the_same_probabilities(tmp_path, mode):
     after = _probs(loaded.network, loaded.tokenizer)
     assert loaded.version == version
     for task in LABELS:
-        # LoRA is merged into the base weights at load time: same function, float rounding apart.
-        torch.testing.assert_close(after[task], before[task], atol=1e-5, rtol=0)
-        assert torch.equal(after[task].argmax(-1), before[task].argmax(-1))
+        # LoRA is merged into the base weights at load time: same function, float rounding apart;
+        # a full encoder is stored in fp16: same function, fp16 rounding of the weights apart.
+        torch.testing.assert_close(after[task], before[task], atol=1e-5 if mode == "lora" else 5e-3, rtol=0)
+        if mode == "lora":
+            assert torch.equal(after[task].argmax(-1), before[task].argmax(-1))
     # Loading twice is bit-for-bit identical.
     again = _probs(load_model(tmp_path).network, loaded.tokenizer)
     for task in LABELS:

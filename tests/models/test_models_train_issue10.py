@@ -93,13 +93,13 @@ def test_predict_entity_column(issue10_model, tmp_path):
     assert frame["p_negative"].nunique() == 1 and frame["entity_p_negative"].nunique() == 2
 
 
-def test_predict_entity_column_needs_an_entity_head(tmp_path):
+def test_predict_entity_column_needs_an_entity_head(tmp_path, tiny_model):
     from models.cli import cli
 
     source = tmp_path / "pairs.csv"
     pd.DataFrame({"text": ["Acme slumps"], "ticker": ["Acme"]}).to_csv(source, index=False)
     result = CliRunner().invoke(cli, ["predict", "--input", str(source), "--output", str(tmp_path / "o.csv"),
-                                      "--entity-column", "ticker"])
+                                      "--model", str(tiny_model[0].out), "--entity-column", "ticker"])
     assert result.exit_code != 0 and "no entity head" in result.output
     result = CliRunner().invoke(cli, ["predict", "--input", str(source), "--output", str(tmp_path / "o.csv"),
                                       "--entity-column", "nope"])
