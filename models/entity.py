@@ -26,6 +26,7 @@ import pandas as pd
 from models import corpus
 from models.corpus import DATA_DIR, SENTIMENT_LABELS, Split, model_text
 from models.metrics import classification_report
+from models.scorer import ColumnArrays
 
 ENTITY_TASK = "entity"
 ENTITIES_FILE = DATA_DIR / "sentfin_entities.csv.gz"
@@ -84,7 +85,7 @@ def entity_splits(*, seed: int = 13, sentence_val_fraction: float = 0.1, mixed_t
 
 
 @dataclass(frozen=True)
-class EntityArrays:
+class EntityArrays(ColumnArrays):
     """Entity-level scores aligned with the input pairs; ``status`` ``empty`` where text or entity is blank
     (its probabilities NaN, its sentiment None)."""
 
@@ -97,10 +98,7 @@ class EntityArrays:
     truncated: np.ndarray
 
     ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "truncated")
-    _PROBABILITIES = ("p_negative", "p_neutral", "p_positive")
-
-    def __len__(self) -> int:
-        return len(self.status)
+    DTYPES = {"p_negative": np.float32, "p_neutral": np.float32, "p_positive": np.float32, "truncated": bool}
 
     @property
     def confidence(self) -> np.ndarray:
@@ -109,30 +107,6 @@ class EntityArrays:
 
     def to_frame(self, prefix: str = "entity_") -> pd.DataFrame:
         return pd.DataFrame({f"{prefix}{name}": getattr(self, name) for name in self.ARRAY_FIELDS})
-
-    def to_dict(self) -> dict:
-        """JSON-able: lists, NaN as None (the model server's answer to a pairs request)."""
-        out: dict = {"model_version": self.model_version}
-        for name in self.ARRAY_FIELDS:
-            values = getattr(self, name).tolist()
-            out[name] = [None if v != v else float(v) for v in values] if name in self._PROBABILITIES else values
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EntityArrays:
-        """Inverse of ``to_dict``; a missing field is a KeyError, columns of unequal length a ValueError."""
-        columns = {}
-        for name in cls.ARRAY_FIELDS:
-            values = d[name]
-            if name in cls._PROBABILITIES:
-                columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
-            elif name == "truncated":
-                columns[name] = np.array(values, dtype=bool)
-            else:
-                columns[name] = np.array(values, dtype=object)
-        if len({len(v) for v in columns.values()}) > 1:
-            raise ValueError(f"entity columns differ in length: { {k: len(v) for k, v in columns.items()} }")
-        return cls(model_version=str(d["model_version"]), **columns)
 
 
 def has_entity_head(scorer) -> bool:

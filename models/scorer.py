@@ -250,8 +250,56 @@ def batched_logits(
 PROBABILITY_FIELDS = ("p_negative", "p_neutral", "p_positive", "topic_confidence")
 
 
+class ColumnArrays:
+    """Equal-length column arrays plus a ``model_version``: what ``ScoreArrays`` and
+    ``models.entity.EntityArrays`` share (length check, slicing, the JSON form the model server sends).
+
+    A subclass is a frozen dataclass with the ``model_version`` field and one field per name in
+    ``ARRAY_FIELDS``; ``DTYPES`` gives the numpy dtype of the columns that are not object
+    columns (probabilities are float32, NaN where there is none).
+    """
+
+    ARRAY_FIELDS: tuple[str, ...] = ()
+    DTYPES: dict[str, type] = {}
+
+    def __post_init__(self) -> None:
+        lengths = {name: len(getattr(self, name)) for name in self.ARRAY_FIELDS}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{type(self).__name__} columns differ in length: {lengths}")
+
+    def __len__(self) -> int:
+        return len(getattr(self, self.ARRAY_FIELDS[0]))
+
+    def rows(self, start: int, stop: int):
+        """Rows ``start:stop`` as a new instance (the model server splits a merged batch back)."""
+        return type(self)(model_version=self.model_version,
+                          **{name: getattr(self, name)[start:stop] for name in self.ARRAY_FIELDS})
+
+    def to_dict(self) -> dict:
+        """JSON-able: lists, NaN as None."""
+        out: dict = {"model_version": self.model_version}
+        for name in self.ARRAY_FIELDS:
+            values = getattr(self, name).tolist()
+            if self.DTYPES.get(name) is np.float32:
+                values = [None if math.isnan(v) else float(v) for v in values]
+            out[name] = values
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Inverse of ``to_dict`` (None -> NaN for probabilities); a missing field is a KeyError, columns of
+        unequal length a ValueError."""
+        columns = {}
+        for name in cls.ARRAY_FIELDS:
+            values, dtype = d[name], cls.DTYPES.get(name, object)
+            if dtype is np.float32:
+                values = [np.nan if v is None else v for v in values]
+            columns[name] = np.array(values, dtype=dtype)
+        return cls(model_version=str(d["model_version"]), **columns)
+
+
 @dataclass(frozen=True)
-class ScoreArrays:
+class ScoreArrays(ColumnArrays):
     """Scores of n texts as column arrays aligned with the input (no per-row objects).
 
     ``status`` is ``ok`` or ``empty`` (None, blank, or nothing left after ``model_text``). Where
@@ -272,14 +320,7 @@ class ScoreArrays:
 
     ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "topic", "topic_confidence",
                     "n_chunks", "truncated")
-
-    def __post_init__(self) -> None:
-        lengths = {name: len(getattr(self, name)) for name in self.ARRAY_FIELDS}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"ScoreArrays columns differ in length: {lengths}")
-
-    def __len__(self) -> int:
-        return len(self.status)
+    DTYPES = {**{name: np.float32 for name in PROBABILITY_FIELDS}, "n_chunks": np.int32, "truncated": bool}
 
     @classmethod
     def empty(cls, n: int, *, model_version: str) -> ScoreArrays:
@@ -289,33 +330,6 @@ class ScoreArrays:
         return cls(model_version=model_version, status=np.full(n, STATUS_EMPTY, dtype=object), sentiment=none.copy(),
                    p_negative=nan.copy(), p_neutral=nan.copy(), p_positive=nan.copy(), topic=none.copy(),
                    topic_confidence=nan.copy(), n_chunks=np.zeros(n, dtype=np.int32), truncated=np.zeros(n, dtype=bool))
-
-    def to_dict(self) -> dict:
-        """JSON-able: lists, NaN as None."""
-        out: dict = {"model_version": self.model_version}
-        for name in self.ARRAY_FIELDS:
-            values = getattr(self, name)
-            if name in PROBABILITY_FIELDS:
-                out[name] = [None if math.isnan(v) else float(v) for v in values.tolist()]
-            else:
-                out[name] = values.tolist()
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ScoreArrays:
-        """Inverse of ``to_dict`` (None -> NaN for probabilities); a missing field is a KeyError."""
-        columns = {}
-        for name in cls.ARRAY_FIELDS:
-            values = d[name]
-            if name in PROBABILITY_FIELDS:
-                columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
-            elif name == "n_chunks":
-                columns[name] = np.array(values, dtype=np.int32)
-            elif name == "truncated":
-                columns[name] = np.array(values, dtype=bool)
-            else:
-                columns[name] = np.array(values, dtype=object) if values else np.zeros(0, dtype=object)
-        return cls(model_version=d["model_version"], **columns)
 
     def to_frame(self) -> pd.DataFrame:
         """The arrays as a DataFrame with ``PREDICTION_COLUMNS``, index 0..n-1."""

@@ -87,8 +87,6 @@ class ScorerAPI(ls.LitAPI):
         return self._score(requests)
 
     def _score(self, requests: list[ScoreRequest]) -> list[dict]:
-        from models.scorer import ScoreArrays
-
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(requests)
         groups: dict[int, list[int]] = {}
@@ -109,8 +107,7 @@ class ScorerAPI(ls.LitAPI):
                 offset = 0
                 for i in pairs:
                     n = len(requests[i].texts)
-                    results[i] = type(arrays)(model_version=arrays.model_version, **{
-                        name: getattr(arrays, name)[offset:offset + n] for name in arrays.ARRAY_FIELDS}).to_dict()
+                    results[i] = arrays.rows(offset, offset + n).to_dict()
                     offset += n
                 texts += len(arrays)
                 ok += int((arrays.status == "ok").sum())
@@ -121,11 +118,7 @@ class ScorerAPI(ls.LitAPI):
                 offset = 0
                 for i in members:
                     n = len(requests[i].texts)
-                    part = slice(offset, offset + n)
-                    results[i] = ScoreArrays(
-                        model_version=arrays.model_version,
-                        **{name: getattr(arrays, name)[part] for name in ScoreArrays.ARRAY_FIELDS},
-                    ).to_dict()
+                    results[i] = arrays.rows(offset, offset + n).to_dict()
                     offset += n
                 texts += len(flat)
                 ok += int((arrays.status == "ok").sum())
