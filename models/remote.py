@@ -51,6 +51,7 @@ class RemoteScorer:
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self._version: str | None = None
         self._labels: dict[str, list[str]] | None = None
+        self._info: dict | None = None
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.url!r})"
@@ -64,26 +65,28 @@ class RemoteScorer:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _model_info(self, key: str, parse):
+        """``parse(/info's model[key])``; ``/info`` is asked once for every such property."""
+        if self._info is None:
+            self._info = self._call("GET", INFO_PATH, None)
+        try:
+            return parse(self._info["model"][key])
+        except (KeyError, TypeError, AttributeError) as exc:
+            info, self._info = self._info, None  # asked again next time
+            raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no {key}: {info!r:.200}") from exc
+
     @property
     def version(self) -> str:
-        """The served model version (from ``/info``, asked once; every response carries it too)."""
+        """The served model version (from ``/info``; every response carries it too)."""
         if self._version is None:
-            info = self._call("GET", INFO_PATH, None)
-            try:
-                self._version = str(info["model"]["model_version"])
-            except (KeyError, TypeError) as exc:
-                raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no model_version: {info!r:.200}") from exc
+            self._version = self._model_info("model_version", str)
         return self._version
 
     @property
     def labels(self) -> dict[str, list[str]]:
-        """The served model's heads and their labels (from ``/info``, asked once)."""
+        """The served model's heads and their labels (from ``/info``)."""
         if self._labels is None:
-            info = self._call("GET", INFO_PATH, None)
-            try:
-                self._labels = {str(k): list(v) for k, v in info["model"]["labels"].items()}
-            except (KeyError, TypeError, AttributeError) as exc:
-                raise ScorerUnavailable(f"{self.url}{INFO_PATH} names no labels: {info!r:.200}") from exc
+            self._labels = self._model_info("labels", lambda labels: {str(k): list(v) for k, v in labels.items()})
         return self._labels
 
     def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]) -> EntityArrays:
