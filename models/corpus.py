@@ -29,8 +29,11 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 _SPACE = re.compile(r"\s+")
 # Emoji glue that carries no meaning of its own: zero-width joiner, variation selectors, skin tones.
 _EMOJI_GLUE = re.compile("[\u200d\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]")
-# A pictograph (Unicode category "So", which holds the emojis and little else) repeated: 🚀🚀🚀🚀 -> 3.
-_SYMBOL_RUN = re.compile(r"([^\w\s])\1{3,}")
+# Candidates for a pictograph (Unicode category "So", which holds the emojis and little else): no
+# ASCII character is one, so ordinary punctuation never reaches the per-character check.
+_SYMBOL = re.compile(r"[^\x00-\x7f\w\s]")
+# One repeated: 🚀🚀🚀🚀 -> 3.
+_SYMBOL_RUN = re.compile(r"([^\x00-\x7f\w\s])\1{3,}")
 
 
 def _symbol_name(match: re.Match) -> str:
@@ -49,7 +52,7 @@ def spell_emojis(text: str) -> str:
     """
     text = _EMOJI_GLUE.sub("", text)
     text = _SYMBOL_RUN.sub(lambda m: m.group(1) * 3 if unicodedata.category(m.group(1)) == "So" else m.group(0), text)
-    return re.sub(r"[^\w\s]", _symbol_name, text)
+    return _SYMBOL.sub(_symbol_name, text)
 
 
 def model_text(text: str) -> str:
