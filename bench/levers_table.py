@@ -29,6 +29,8 @@ COLUMNS = [
     ("mixed F1", lambda r: (r["entity"]["entity_head"] or {}).get("mixed", {}).get("macro_f1")),
     ("copy acc", lambda r: r["entity"]["copy_document_label"]["all"]["accuracy"]),
     ("copy mixed acc", lambda r: r["entity"]["copy_document_label"]["mixed"]["accuracy"]),
+    ("entity checklist", lambda r: (r["checklist"].get("entity") or {}).get("passed")),
+    ("contrast texts", lambda r: (r["checklist"].get("entity") or {}).get("contrast_texts_both_right")),
 ]
 
 

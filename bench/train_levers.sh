@@ -5,12 +5,14 @@
 #   - out of domain: the 1,300 labelled 2020 stock tweets, held-out StockTwits comments, surge tweets,
 #   - the checklist, and held-out SEntFiN entity rows (entity head against copying the document label).
 # Usage: bench/train_levers.sh OUT_DIR [RUN ...]
-#   runs: shipped (models/shipped, evaluated only) full full_nocomments lora full_ls full_seed7
+#   runs: shipped (models/shipped, evaluated only) full full_mark full_nocomments lora full_ls full_seed7
+#   full_seed7_avg (evaluated only: the checkpoint average full_seed7 writes, --average-last 3)
+#   (full and lora read entity pairs as round 2 did, unmarked; the others mark the entity's mentions)
 # bench/levers_table.py OUT_DIR prints the table. Reads ../shared (evaluation data), so it lives in bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/train_levers.sh OUT_DIR [RUN ...]}; shift
-RUNS=("$@"); [ ${#RUNS[@]} -gt 0 ] || RUNS=(shipped full full_nocomments lora full_ls full_seed7)
+RUNS=("$@"); [ ${#RUNS[@]} -gt 0 ] || RUNS=(shipped full full_mark full_nocomments lora full_ls full_seed7)
 SHARED=${FINPULSE_SHARED_DATA:-../shared/data}
 THREADS=${THREADS:-2}
 EPOCHS=${EPOCHS:-3}
@@ -24,15 +26,17 @@ for run in "${RUNS[@]}"; do
   model=$OUT/$run/model
   case $run in
     shipped)         model=models/shipped; args=() ;;
-    full)            args=(--mode full --with-comments) ;;
-    lora)            args=(--mode lora --with-comments) ;;
-    full_ls)         args=(--mode full --with-comments --label-smoothing 0.1) ;;
-    full_seed7)      args=(--mode full --with-comments --seed 7 --split-seed 13) ;;
-    full_nocomments) args=(--mode full) ;;
+    full)            args=(--mode full --with-comments --no-entity-mark) ;;
+    full_mark)       args=(--mode full --with-comments --entity-mark) ;;
+    lora)            args=(--mode lora --with-comments --no-entity-mark) ;;
+    full_ls)         args=(--mode full --with-comments --entity-mark --label-smoothing 0.1) ;;
+    full_seed7)      args=(--mode full --with-comments --entity-mark --seed 7 --split-seed 13 --average-last 3) ;;
+    full_seed7_avg)  model=$OUT/full_seed7/model/averaged; args=() ;;
+    full_nocomments) args=(--mode full --entity-mark) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   dir=$OUT/$run
-  if [ "$run" != shipped ] && [ ! -f "$dir/trained" ]; then
+  if [ ${#args[@]} -gt 0 ] && [ ! -f "$dir/trained" ]; then
     mkdir -p "$dir"
     echo "$(date -u +%FT%TZ) train $run: ${args[*]}"
     $F model train --out "$dir/model" "${common[@]}" "${args[@]}" >"$dir/train.json" 2>"$dir/train.log"

@@ -94,16 +94,17 @@ def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
                                                       shipped_temperature=float(scorer.temperature.get(task, 1.0)))
     if "entity" in scorer.labels:
         # The entity head on its own pairs: validation (where its T was fit) and the held-out test rows.
-        from models.entity import ENTITY_TASK, entity_splits
+        from models.entity import ENTITY_TASK, entity_splits, pair_texts
 
         entity_split, entity_test = entity_splits(seed=seed, sentence_val_fraction=val_fraction)
+        mark = scorer.entity_input["mark"]
         names = list(scorer.labels[ENTITY_TASK])
         t_entity = float(scorer.temperature.get(ENTITY_TASK, 1.0))
         report["validation"][ENTITY_TASK] = head_calibration(
-            head_logits(scorer, entity_split.val["text"].tolist(), ENTITY_TASK), entity_split.val["label"].tolist(),
+            head_logits(scorer, pair_texts(entity_split.val, mark=mark), ENTITY_TASK), entity_split.val["label"].tolist(),
             names, shipped_temperature=t_entity)
         report["test"] = {ENTITY_TASK: head_calibration(
-            head_logits(scorer, entity_test["text"].tolist(), ENTITY_TASK), entity_test["label"].tolist(),
+            head_logits(scorer, pair_texts(entity_test, mark=mark), ENTITY_TASK), entity_test["label"].tolist(),
             names, shipped_temperature=t_entity)}
     for name, (texts, labels) in (ood or {}).items():
         logits = head_logits(scorer, texts, "sentiment")

@@ -101,3 +101,54 @@ def run_checklist(scorer, cases: list[Case], *, margin: float) -> dict:
     passed = [r["passed"] for r in results]
     return {"n": len(results), "passed": int(sum(passed)), "pass_rate": float(np.mean(passed)) if passed else 0.0,
             "margin": margin, "by_capability": rates(by_capability), "by_type": rates(by_type), "cases": results}
+
+
+# --- the entity head ------------------------------------------------------------------------
+
+ENTITY_CHECKLIST_FILE = DATA_DIR / "entity_checklist.yaml"
+
+
+@dataclass(frozen=True)
+class EntityCase:
+    capability: str
+    text: str
+    entity: str
+    expect: str
+
+
+def load_entity_cases(path: str | Path = ENTITY_CHECKLIST_FILE) -> list[EntityCase]:
+    """The entity head's cases (format at the top of ``models/data/entity_checklist.yaml``); a malformed one raises."""
+    document = yaml.safe_load(Path(path).read_text())
+    cases = []
+    for i, raw in enumerate(document["cases"]):
+        case = EntityCase(capability=str(raw["capability"]), text=str(raw["text"]), entity=str(raw["entity"]),
+                          expect=str(raw["expect"]))
+        if case.expect not in SENTIMENT_LABELS:
+            raise ValueError(f"{path}: case {i}: expect {case.expect!r}; allowed {SENTIMENT_LABELS}")
+        cases.append(case)
+    return cases
+
+
+def run_entity_checklist(scorer, cases: list[EntityCase]) -> dict:
+    """Score every (text, entity) pair in one ``score_pairs`` call; pass rate per capability.
+
+    ``contrast_texts_both_right`` counts the texts whose every entity case passed: a head that
+    copies one label to all entities of a text gets none of the contrast texts.
+    """
+    arrays = scorer.score_pairs([c.text for c in cases], [c.entity for c in cases])
+    results = [{"capability": c.capability, "text": c.text, "entity": c.entity, "expect": c.expect,
+                "sentiment": arrays.sentiment[i], "p_negative": float(arrays.p_negative[i]),
+                "p_neutral": float(arrays.p_neutral[i]), "p_positive": float(arrays.p_positive[i]),
+                "passed": bool(arrays.sentiment[i] == c.expect)} for i, c in enumerate(cases)]
+    by_capability: dict[str, list[bool]] = defaultdict(list)
+    by_text: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        by_capability[r["capability"]].append(r["passed"])
+        if r["capability"] == "contrast":
+            by_text[r["text"]].append(r["passed"])
+    passed = [r["passed"] for r in results]
+    return {"n": len(results), "passed": int(sum(passed)), "pass_rate": float(np.mean(passed)) if passed else 0.0,
+            "by_capability": {k: {"n": len(v), "passed": int(sum(v)), "pass_rate": float(np.mean(v))}
+                              for k, v in by_capability.items()},
+            "contrast_texts": len(by_text), "contrast_texts_both_right": int(sum(all(v) for v in by_text.values())),
+            "cases": results}

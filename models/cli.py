@@ -57,12 +57,18 @@ def cli() -> None:
               help="Weight of the comments' loss against the labelled heads'.")
 @click.option("--with-entities", is_flag=True,
               help="Also train an entity head on the bundled SEntFiN (headline, entity) rows (held-out test headlines left out).")
+@click.option("--average-last", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also write OUT/averaged: the mean of the weights at the last N evaluations (checkpoint averaging), calibrated the same way.")
+@click.option("--entity-mark/--no-entity-mark", default=True, show_default=True,
+              help="With --with-entities: wrap the entity's mentions in the text in « » so the encoder sees where it is named.")
+@click.option("--entity-pooling", type=click.Choice(["mean", "segment"]), default="mean", show_default=True,
+              help="With --with-entities: the entity head reads the all-token mean (mean) or that plus the entity's own word pieces (segment).")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,
                   batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, label_smoothing, seed, split_seed, val_fraction,
-                  test_share, evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, threads,
-                  no_progress) -> None:
+                  test_share, evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, average_last,
+                  entity_mark, entity_pooling, threads, no_progress) -> None:
     """Train the two-head model (three with --with-entities) and write it (LoRA adapter or encoder, heads, config) to --out."""
     from models import corpus
     from models.network import DEFAULT_BASE
@@ -105,6 +111,7 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
         sentiment_source=source, progress=not no_progress, threads=threads, comment_weight=comment_weight,
         comments_source="bundled: StockTwits self-tagged comments, training part" if with_comments else None,
         entity_source="bundled: SEntFiN entity rows, training headlines" if with_entities else None,
+        entity_mark=entity_mark, entity_pooling=entity_pooling, average_last=average_last,
     )
     result = train(config, sentiment=sentiment, topic=topic, entity=entity, comments=comments)
     summary = {task: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}

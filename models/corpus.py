@@ -75,7 +75,8 @@ def model_text(text: str) -> str:
 class Split:
     """A labelled text set for one task: train, validation and (optionally) test frames.
 
-    Each frame has the columns ``text``, ``label`` (a label name) and ``source``. Validation picks
+    Each frame has the columns ``text``, ``label`` (a label name) and ``source`` (an entity split has
+    ``title`` and ``entity`` in place of ``text``: ``models.entity.pair_texts`` makes the model text). Validation picks
     checkpoints and fits temperatures; test is never looked at by training, so its figures are
     the ones not flattered by that selection. ``test`` is empty when no test share was carved.
     """

@@ -2,9 +2,11 @@
 
 Design: the same encoder reads the pair as one sequence ``[CLS] entity [SEP] text [SEP]`` (the
 tokenizer maps the literal ``[SEP]`` to its special token) and a third head, ``entity``
-(negative / neutral / positive), reads its mean-pooled vector. A model folder has that head when
-its ``config.json`` labels include ``entity``; ``score_pairs`` refuses a model without one rather
-than guess. Pairs are read as one chunk of the model's max length with the entity first, so the
+(negative / neutral / positive), reads it. A model's ``entity_input`` (``models.network.entity_input``)
+says how: ``mark`` wraps each mention of the entity in the text in ``« »``, so the encoder sees
+where the text speaks of it; ``pooling`` ``segment`` adds the mean of the entity's own word pieces
+to the all-token mean the head reads. A model folder has the head when its ``config.json`` labels
+include ``entity``; ``score_pairs`` refuses a model without one rather than guess. Pairs are read as one chunk of the model's max length with the entity first, so the
 entity is never cut off; text past the first chunk is not read (flagged ``truncated``).
 
 Data: SEntFiN 1.0 entity rows (``models/data/sentfin_entities.csv.gz``, MIT; one row per
@@ -23,15 +25,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+import re
+
 from models import corpus
 from models.corpus import DATA_DIR, SENTIMENT_LABELS, Split, model_text
 from models.metrics import classification_report
+from models.network import ENTITY_TASK
 from models.scorer import ColumnArrays
 
-ENTITY_TASK = "entity"
 ENTITIES_FILE = DATA_DIR / "sentfin_entities.csv.gz"
 HEADLINES_FILE = DATA_DIR / "sentfin_headlines.csv.gz"
 _SPECIAL = ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")
+MARK_OPEN, MARK_CLOSE = "«", "»"  # one word piece each in the BERT vocabulary, and rare in financial text
 
 
 def _strip_special(text: str) -> str:
@@ -40,21 +45,41 @@ def _strip_special(text: str) -> str:
     return model_text(text)
 
 
-def pair_text(entity: str, text: str) -> str:
-    """The one sequence the entity head reads: ``entity [SEP] text`` (special-token literals in the inputs removed)."""
-    return f"{_strip_special(entity)} [SEP] {_strip_special(text)}"
+def mark_mentions(entity: str, text: str) -> str:
+    """``text`` with each mention of ``entity`` wrapped in ``« »`` (case-insensitive; a mention starts at a
+    word start, may carry a leading ``$`` and run on into a suffix: "Acme's", "$AAPL"); marks already in
+    the text become quotes so only ours remain."""
+    text = text.replace(MARK_OPEN, '"').replace(MARK_CLOSE, '"')
+    if not entity:
+        return text
+    pattern = re.compile(r"(?<![\w$])\$?" + re.escape(entity), re.IGNORECASE)
+    return pattern.sub(lambda m: f"{MARK_OPEN} {m.group(0)} {MARK_CLOSE}", text)
+
+
+def pair_text(entity: str, text: str, *, mark: bool = False) -> str:
+    """The one sequence the entity head reads: ``entity [SEP] text`` (special-token literals in the inputs removed;
+    with ``mark`` the entity's mentions in the text wrapped in ``« »``)."""
+    entity, text = _strip_special(entity), _strip_special(text)
+    return f"{entity} [SEP] {mark_mentions(entity, text) if mark else text}"
+
+
+def pair_texts(frame: pd.DataFrame, *, mark: bool) -> list[str]:
+    """``pair_text`` of each row of an entity frame (columns ``entity`` and ``title``)."""
+    return [pair_text(e, t, mark=mark) for e, t in zip(frame["entity"], frame["title"], strict=True)]
 
 
 def entity_frame(entities_path: str | Path = ENTITIES_FILE, headlines_path: str | Path = HEADLINES_FILE) -> pd.DataFrame:
-    """One row per (headline, entity): ``title, entity, label, s_no, mixed, text`` (text = the pair text)."""
+    """One row per (headline, entity): ``s_no, title, entity, label, mixed, source``.
+
+    No model text here: how a pair is read depends on the model (``pair_texts``).
+    """
     entities = corpus.read_table(entities_path)
     headlines = corpus.read_table(headlines_path)[["s_no", "headline_label"]]
     frame = entities.merge(headlines, on="s_no", how="left", validate="many_to_one")
     frame["label"] = corpus.map_labels(frame["label"], task="sentiment").to_numpy()
     frame["mixed"] = frame["headline_label"].str.strip().str.lower() == "mixed"
-    frame["text"] = [pair_text(e, t) for e, t in zip(frame["entity"], frame["title"], strict=True)]
     frame["source"] = Path(entities_path).name
-    return frame[["s_no", "title", "entity", "label", "mixed", "text", "source"]].reset_index(drop=True)
+    return frame[["s_no", "title", "entity", "label", "mixed", "source"]].reset_index(drop=True)
 
 
 def _group_sample(titles: Sequence[str], fraction: float, seed: int) -> set[str]:
@@ -125,7 +150,8 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
     n = len(texts)
     readable = [isinstance(t, str) and isinstance(e, str) and model_text(t) != "" and _strip_special(e) != ""
                 for t, e in zip(texts, entities, strict=True)]
-    pairs = [pair_text(e, t) if ok else None for t, e, ok in zip(texts, entities, readable, strict=True)]
+    mark = scorer.entity_input["mark"]
+    pairs = [pair_text(e, t, mark=mark) if ok else None for t, e, ok in zip(texts, entities, readable, strict=True)]
     distributions, truncated = scorer.probabilities(pairs, max_chunks=1)
     probs = distributions[ENTITY_TASK]
     ok = ~np.isnan(probs).any(1)

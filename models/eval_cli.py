@@ -113,18 +113,25 @@ def eval_ood_command(three_class, three_class_label_column, binary, binary_label
 @cli.command("checklist")
 @click.option("--cases", "cases_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Checklist YAML (default: models/data/checklist.yaml).")
+@click.option("--entity-cases", "entity_cases_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Entity checklist YAML (default: models/data/entity_checklist.yaml); run when the model has an entity head.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--show-failures", is_flag=True, help="Print every failed case.")
 @MODEL_OPTION
 @THREADS_OPTION
-def checklist_command(cases_path, json_out, show_failures, model_dir, threads) -> None:
-    """CheckList-style behavioural tests (slang, emojis, price targets, options, sarcasm, negation ...): pass rates."""
-    from models.checklist import CHECKLIST_FILE, load_cases, run_checklist
+def checklist_command(cases_path, entity_cases_path, json_out, show_failures, model_dir, threads) -> None:
+    """CheckList-style behavioural tests (slang, emojis, price targets, options, sarcasm, negation ...): pass rates;
+    with an entity head also its cases (two companies, opposite fates, in one text)."""
+    from models.checklist import (CHECKLIST_FILE, ENTITY_CHECKLIST_FILE, load_cases, load_entity_cases, run_checklist,
+                                  run_entity_checklist)
 
     cases, margin = load_cases(cases_path or CHECKLIST_FILE)
     scorer = _load_scorer(model_dir, threads)
     report = run_checklist(scorer, cases, margin=margin)
     report["model_version"] = scorer.version
+    report["entity"] = None
+    if "entity" in scorer.labels:
+        report["entity"] = run_entity_checklist(scorer, load_entity_cases(entity_cases_path or ENTITY_CHECKLIST_FILE))
     for name, r in sorted(report["by_capability"].items()):
         click.echo(f"{name:<18} {r['passed']:>3}/{r['n']:<3} {r['pass_rate']:.0%}")
     click.echo(f"{'all':<18} {report['passed']:>3}/{report['n']:<3} {report['pass_rate']:.0%}")
@@ -137,6 +144,17 @@ def checklist_command(cases_path, json_out, show_failures, model_dir, threads) -
                            + (f" | {case['perturbed']!r} -> {case['perturbed_scores']['sentiment']} "
                               f"(polarity {s['polarity']:+.2f} -> {case['perturbed_scores']['polarity']:+.2f})"
                               if case["perturbed"] else ""))
+    if report["entity"] is not None:
+        entity = report["entity"]
+        for name, r in sorted(entity["by_capability"].items()):
+            click.echo(f"{'entity: ' + name:<18} {r['passed']:>3}/{r['n']:<3} {r['pass_rate']:.0%}")
+        click.echo(f"{'entity: all':<18} {entity['passed']:>3}/{entity['n']:<3} {entity['pass_rate']:.0%}  "
+                   f"(contrast texts with both entities right: {entity['contrast_texts_both_right']}/{entity['contrast_texts']})")
+        if show_failures:
+            for case in entity["cases"]:
+                if not case["passed"]:
+                    click.echo(f"FAIL [entity/{case['capability']}] {case['entity']} expect {case['expect']}: "
+                               f"{case['text']!r} -> {case['sentiment']} (neg {case['p_negative']:.2f} pos {case['p_positive']:.2f})")
     _write_json(report, json_out)
 
 

@@ -1,9 +1,10 @@
-"""The network (one encoder, two linear heads) and its on-disk format.
+"""The network (one encoder, linear heads) and its on-disk format.
 
 A model folder holds:
 
-- ``config.json``: base encoder, mode, max length, labels, temperatures, training record, metrics;
-- ``heads.safetensors``: the two linear heads;
+- ``config.json``: base encoder, mode, max length, labels, temperatures, ``entity_input`` (how the
+  entity head reads a pair; absent: ``mean`` pooling, no marks), training record, metrics;
+- ``heads.safetensors``: the linear heads;
 - ``adapter.safetensors`` (``mode: lora``): the LoRA weights only, merged into the base at load;
 - ``encoder.safetensors`` (``mode: full``): the whole fine-tuned encoder.
 
@@ -37,6 +38,12 @@ ENCODER_FILE = "encoder.safetensors"
 # LoRA on every attention and FFN projection of a BERT layer: query/key/value, the attention
 # output dense, the intermediate dense and the output dense ("dense" matches the last three).
 LORA_TARGETS = ("query", "key", "value", "dense")
+ENTITY_TASK = "entity"
+# How the entity head pools a pair ``[CLS] entity [SEP] text [SEP]``: ``mean``, the mean of all
+# tokens (what the sentence heads read); ``segment``, that mean concatenated with the mean of the
+# entity's own word pieces (between [CLS] and the first [SEP]), which after six layers of attention
+# over the text carry what the text says about that entity.
+ENTITY_POOLINGS = ("mean", "segment")
 
 
 def resolve_base(base: str) -> Path:
@@ -69,14 +76,34 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-class MultiHeadEncoder(nn.Module):
-    """A shared encoder with a sentiment head and a topic head; one forward yields both."""
+def entity_segment_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, sep_token_id: int) -> torch.Tensor:
+    """The entity's word pieces of ``[CLS] entity [SEP] text [SEP]``: after [CLS], before the first [SEP].
 
-    def __init__(self, *, encoder: nn.Module, hidden_size: int, labels: dict[str, list[str]], dropout: float = 0.1):
+    A plain text (one [SEP], at its end) gets all its word pieces.
+    """
+    before_sep = (input_ids == sep_token_id).cumsum(1) == 0
+    mask = before_sep & attention_mask.bool()
+    mask[:, 0] = False
+    return mask
+
+
+class MultiHeadEncoder(nn.Module):
+    """A shared encoder with linear heads (sentiment, topic, optionally entity); one forward yields all."""
+
+    def __init__(self, *, encoder: nn.Module, hidden_size: int, labels: dict[str, list[str]], dropout: float = 0.1,
+                 entity_pooling: str = "mean", sep_token_id: int | None = None):
         super().__init__()
+        if entity_pooling not in ENTITY_POOLINGS:
+            raise ValueError(f"entity_pooling must be one of {ENTITY_POOLINGS}, not {entity_pooling!r}")
+        if entity_pooling == "segment" and sep_token_id is None:
+            raise ValueError("entity_pooling 'segment' needs the tokenizer's sep_token_id")
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({task: nn.Linear(hidden_size, len(names)) for task, names in labels.items()})
+        self.entity_pooling = entity_pooling
+        self.sep_token_id = sep_token_id
+        segment = entity_pooling == "segment"
+        self.heads = nn.ModuleDict({task: nn.Linear(hidden_size * (2 if segment and task == ENTITY_TASK else 1), len(names))
+                                    for task, names in labels.items()})
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -89,14 +116,23 @@ class MultiHeadEncoder(nn.Module):
         *,
         inputs_embeds: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits per head (fp32). ``inputs_embeds`` instead of ids serves the explainer."""
+        """Logits per head (fp32). ``inputs_embeds`` instead of ids serves the explainer; with
+        ``segment`` entity pooling the entity head is then left out (the segment needs the ids)."""
         if inputs_embeds is not None:
             hidden = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-            pooled = mean_pool(hidden, attention_mask)
         else:
-            pooled = self.embed(input_ids, attention_mask)
-        pooled = self.dropout(pooled)
-        return {task: head(pooled).float() for task, head in self.heads.items()}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = self.dropout(mean_pool(hidden, attention_mask))
+        logits = {}
+        for task, head in self.heads.items():
+            if task == ENTITY_TASK and self.entity_pooling == "segment":
+                if input_ids is None:
+                    continue
+                segment = entity_segment_mask(input_ids, attention_mask, sep_token_id=self.sep_token_id)
+                logits[task] = head(torch.cat([pooled, self.dropout(mean_pool(hidden, segment))], -1)).float()
+            else:
+                logits[task] = head(pooled).float()
+        return logits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +145,8 @@ class LoadedModel:
     version: str
 
 
-def new_network(*, base: str, labels: dict[str, list[str]], mode: str, lora_r: int = 16, lora_alpha: int = 32):
+def new_network(*, base: str, labels: dict[str, list[str]], mode: str, lora_r: int = 16, lora_alpha: int = 32,
+                entity_pooling: str = "mean"):
     """A fresh network for training; in ``lora`` mode the encoder is wrapped by peft."""
     folder = resolve_base(base)
     encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
@@ -122,8 +159,9 @@ def new_network(*, base: str, labels: dict[str, list[str]], mode: str, lora_r: i
         pass
     else:
         raise ValueError(f"mode must be 'full' or 'lora', not {mode!r}")
-    network = MultiHeadEncoder(encoder=encoder, hidden_size=encoder.config.hidden_size, labels=labels)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    network = MultiHeadEncoder(encoder=encoder, hidden_size=encoder.config.hidden_size, labels=labels,
+                               entity_pooling=entity_pooling, sep_token_id=tokenizer.sep_token_id)
     return network, tokenizer
 
 
@@ -164,8 +202,18 @@ def model_version(model_dir: Path) -> str:
             digest.update(name.encode())
             digest.update(path.read_bytes())
     inference = {k: config.get(k) for k in ("base_model", "mode", "lora", "max_length", "labels", "temperature")}
+    if config.get("entity_input") is not None:
+        # Only when present, so the versions of model folders made before it existed stay the same.
+        inference["entity_input"] = config["entity_input"]
     digest.update(json.dumps(inference, sort_keys=True).encode())
     return f"{config.get('name', MODEL_NAME)}-{config['mode']}-{digest.hexdigest()[:12]}"
+
+
+def entity_input(config: dict) -> dict:
+    """How a model's entity head reads a pair: ``{"mark": bool, "pooling": "mean" | "segment"}``
+    (models made before the setting existed: no marks, mean pooling)."""
+    recorded = config.get("entity_input") or {}
+    return {"mark": bool(recorded.get("mark", False)), "pooling": str(recorded.get("pooling", "mean"))}
 
 
 LORA_PREFIX = "base_model.model."
@@ -229,10 +277,11 @@ def load_model(model_dir: Path | None = None) -> LoadedModel:
     else:
         encoder.load_state_dict(load_file(model_dir / ENCODER_FILE))
     labels = config["labels"]
-    network = MultiHeadEncoder(encoder=encoder, hidden_size=encoder.config.hidden_size, labels=labels)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    network = MultiHeadEncoder(encoder=encoder, hidden_size=encoder.config.hidden_size, labels=labels,
+                               entity_pooling=entity_input(config)["pooling"], sep_token_id=tokenizer.sep_token_id)
     heads = load_file(model_dir / HEADS_FILE)
     for task, head in network.heads.items():
         head.load_state_dict({name: heads[f"{task}.{name}"] for name in ("weight", "bias")})
     network.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedModel(network=network, tokenizer=tokenizer, config=config, version=model_version(model_dir))

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from models.corpus import model_text
-from models.network import LoadedModel, MultiHeadEncoder, bf16_supported, load_model, resolve_model_dir
+from models.network import LoadedModel, MultiHeadEncoder, bf16_supported, entity_input, load_model, resolve_model_dir
 
 # A word piece is rarely shorter than one character and usually 4+, so this many characters per
 # allowed piece always covers what we read while sparing the tokenizer a 10 MB text.
@@ -391,6 +391,7 @@ class Scorer:
         self.network = model.network.to(self.device).eval()
         self.labels = model.config["labels"]
         self.temperature = model.config.get("temperature", {})
+        self.entity_input = entity_input(model.config)  # how score_pairs builds a pair for this model
         self.version = model.version
 
     @property

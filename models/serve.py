@@ -194,7 +194,7 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
     """The LitServer, not started. Sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir) unless set."""
     import json
 
-    from models.network import CONFIG_FILE, model_version, resolve_model_dir
+    from models.network import CONFIG_FILE, entity_input, model_version, resolve_model_dir
 
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="finpulse-model-serve-metrics-")
@@ -202,7 +202,9 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
     config = json.loads((folder / CONFIG_FILE).read_text())
     metadata = {"model_version": model_version(folder), "model_dir": str(folder), "max_chunks": max_chunks,
                 "max_length": config["max_length"], "labels": config["labels"], "max_batch_size": max_batch_size,
-                "batch_timeout": batch_timeout}
+                "batch_timeout": batch_timeout,
+                # How this model reads (text, entity) pairs: clients send raw pairs, the server builds them.
+                "entity_input": entity_input(config) if "entity" in config["labels"] else None}
     api = ScorerAPI(model_dir=str(folder), max_chunks=max_chunks, token_budget=token_budget, threads=threads,
                     max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     return ls.LitServer(api, accelerator=device, devices="auto", workers_per_device=workers_per_device,

@@ -3,11 +3,13 @@
 Each batch mixes sentiment and topic examples; every example carries a label for one head and
 ``IGNORE`` for the other, so one forward serves both heads and each head's loss only sees its
 own rows. Validation macro-F1 (mean over the heads) picks the best checkpoint and stops early;
-per-head temperatures are then fit on the validation logits.
+per-head temperatures are then fit on the validation logits. With ``average_last`` the mean of the
+weights at the last evaluations is also written (``OUT/averaged``), to be compared on held-out data.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
@@ -23,12 +25,15 @@ from tqdm.auto import tqdm
 
 from models.corpus import SENTIMENT_LABELS, TASKS, Split, model_text
 from models.metrics import classification_report, expected_calibration_error, fit_temperature
-from models.network import DEFAULT_BASE, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported, new_network, save_model
+from models.entity import pair_texts
+from models.network import (DEFAULT_BASE, ENTITY_TASK, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported,
+                            new_network, save_model)
 from models.scorer import autocast_context, batched_logits
 from models.weak_labels import binary_tag_loss, tag_ids, tag_weights
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+AVERAGED_DIR = "averaged"  # where --average-last writes the checkpoint average, inside --out
 
 
 @dataclass(kw_only=True)
@@ -60,6 +65,11 @@ class TrainConfig:
     comments_source: str | None = None  # weakly tagged comments (bullish/bearish) for the sentiment head
     comment_weight: float = 1.0  # their loss's weight against the labelled heads'
     entity_source: str | None = None  # (text, entity) pairs for the entity head
+    # Also write OUT/averaged: the mean of the weights at the last N evaluations. The final step is
+    # always evaluated, so it can sit a few steps after a regular evaluation and count twice.
+    average_last: int = 0
+    entity_mark: bool = True  # wrap the entity's mentions in the text in « » (models.entity.mark_mentions)
+    entity_pooling: str = "mean"  # what the entity head reads (models.network.ENTITY_POOLINGS)
     progress: bool = True
     threads: int | None = None
 
@@ -76,6 +86,15 @@ class TrainResult:
     metrics: dict
     seconds: float
     history: list[dict] = field(default_factory=list)
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts with the same keys (floating tensors; others from the last)."""
+    if not states:
+        raise ValueError("no state dicts to average")
+    return {key: (torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+                  if value.is_floating_point() else value)
+            for key, value in states[-1].items()}
 
 
 def _seed_everything(seed: int) -> None:
@@ -106,13 +125,21 @@ def _batches(lengths: np.ndarray, *, batch_size: int, rng: np.random.Generator) 
     return batches
 
 
+def model_texts(task: str, frame: pd.DataFrame, config: TrainConfig) -> list[str]:
+    """What the network reads for each row: the cleaned text, or for the entity head the pair text
+    (``models.entity.pair_text`` of the ``entity`` and ``title`` columns, marked as ``config`` says)."""
+    if task == ENTITY_TASK:
+        return pair_texts(frame, mark=config.entity_mark)
+    return [model_text(t) for t in frame["text"]]
+
+
 def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, config: TrainConfig,
              device: torch.device, bf16: bool) -> dict[str, torch.Tensor]:
     """Validation logits per head, in the order of ``split.val``."""
     network.eval()
     logits_by_task = {}
     for task, split in splits.items():
-        texts = [model_text(t) for t in split.val["text"]]
+        texts = model_texts(task, split.val, config)
         logits_by_task[task] = batched_logits(network, tokenizer, texts, max_length=config.max_length,
                                               batch_size=128, device=device, bf16=bf16)[0][task]
     network.train()
@@ -145,7 +172,8 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
           comments: pd.DataFrame | None = None) -> TrainResult:
     """Train, select on validation, calibrate and save to ``config.out``.
 
-    ``entity``: a split of pair texts (``models.entity.pair_text``) for a third head, ``entity``.
+    ``entity``: a split of entity rows (``models.entity.entity_splits``: ``title``, ``entity``, ``label``)
+    for a third head, ``entity``; ``config.entity_mark`` and ``config.entity_pooling`` say how it reads them.
     ``comments``: weakly tagged texts (``text``, ``label`` bullish/bearish) that train the sentiment
     head through ``models.weak_labels.binary_tag_loss`` (they are not in validation: hold them out
     with ``models.evaluate_ood.comments_split`` and evaluate with ``finpulse model eval-ood``).
@@ -160,15 +188,15 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
         labels[entity.task] = task_labels(entity.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = bf16_supported(device)
-    network, tokenizer = new_network(base=config.base, labels=labels, mode=config.mode,
-                                     lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    network, tokenizer = new_network(base=config.base, labels=labels, mode=config.mode, lora_r=config.lora_r,
+                                     lora_alpha=config.lora_alpha, entity_pooling=config.entity_pooling)
     network.to(device).train()
 
     # One table of training rows: text, and a label id for one head (IGNORE for the other).
     rows = []
     for task, split in splits.items():
         ids = split.train["label"].map({n: i for i, n in enumerate(task_labels(task))}).to_numpy()
-        rows.append(pd.DataFrame({"text": split.train["text"].map(model_text), "task": task, "y": ids}))
+        rows.append(pd.DataFrame({"text": model_texts(task, split.train, config), "task": task, "y": ids}))
     if comments is not None and len(comments):
         rows.append(pd.DataFrame({"text": comments["text"].map(model_text), "task": "comments",
                                   "y": tag_ids(comments["label"])}))
@@ -214,6 +242,28 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
     running = None
     bar = tqdm(total=total_steps, desc=f"train ({config.mode})", disable=not config.progress, dynamic_ncols=True)
 
+    snapshots: collections.deque = collections.deque(maxlen=max(1, config.average_last))
+
+    def calibrate_and_save(logits: dict, out: Path, *, extra: dict) -> tuple[dict, str]:
+        """Fit each head's temperature on the validation logits, write the model folder ``out``."""
+        temperature = {task: 1.0 for task in labels}
+        for task, value in logits.items():
+            y = torch.tensor([task_labels(task).index(x) for x in splits[task].val["label"]])
+            temperature[task] = fit_temperature(value, y)
+        calibrated = {task: report(task, value, splits[task], temperature=temperature[task])
+                      for task, value in logits.items()}
+        seconds = time.monotonic() - started
+        model_config = _model_config(config, labels=labels, temperature=temperature, metrics=calibrated,
+                                     history=history, extra={**extra, "seconds": round(seconds, 1),
+                                     "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
+                                     "train_rows": {**{t: len(s.train) for t, s in splits.items()},
+                                                    "comments": int((comment_tags != IGNORE).sum())},
+                                     "val_rows": {t: len(s.val) for t, s in splits.items()},
+                                     "test_rows": {t: len(s.test) for t, s in splits.items() if s.test is not None}})
+        version = save_model(network, out=out, config=model_config)
+        (out / "val_metrics.json").write_text(json.dumps(calibrated, indent=2) + "\n")
+        return calibrated, version
+
     def checkpoint() -> dict:
         """Evaluate; on a new best, calibrate and save, so --out always holds the best model so far."""
         nonlocal best, stale
@@ -226,26 +276,13 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
         history.append(entry)
         log.info("eval %s", entry)
         bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        if config.average_last:
+            snapshots.append((step, {k: v.detach().float().cpu().clone() for k, v in network.state_dict().items()}))
         if score <= best["score"]:
             stale += 1
             return best
         stale = 0
-        temperature = {task: 1.0 for task in labels}
-        for task, value in logits.items():
-            y = torch.tensor([task_labels(task).index(x) for x in splits[task].val["label"]])
-            temperature[task] = fit_temperature(value, y)
-        calibrated = {task: report(task, value, splits[task], temperature=temperature[task])
-                      for task, value in logits.items()}
-        seconds = time.monotonic() - started
-        model_config = _model_config(config, labels=labels, temperature=temperature, metrics=calibrated,
-                                     history=history, extra={"best_step": step, "seconds": round(seconds, 1),
-                                     "device": device.type, "bf16": bf16, "threads": torch.get_num_threads(),
-                                     "train_rows": {**{t: len(s.train) for t, s in splits.items()},
-                                                    "comments": int((comment_tags != IGNORE).sum())},
-                                     "val_rows": {t: len(s.val) for t, s in splits.items()},
-                                     "test_rows": {t: len(s.test) for t, s in splits.items() if s.test is not None}})
-        version = save_model(network, out=Path(config.out), config=model_config)
-        (Path(config.out) / "val_metrics.json").write_text(json.dumps(calibrated, indent=2) + "\n")
+        calibrated, version = calibrate_and_save(logits, Path(config.out), extra={"best_step": step})
         return {"score": score, "step": step, "metrics": calibrated, "version": version}
 
     done = False
@@ -283,6 +320,14 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
         if done:
             break
     bar.close()
+    if config.average_last and len(snapshots) > 1:
+        steps = [at for at, _ in snapshots]
+        network.load_state_dict(average_state_dicts([state for _, state in snapshots]))
+        logits = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16)
+        score = _score({task: report(task, value, splits[task]) for task, value in logits.items()})
+        history.append({"averaged_steps": steps, "score": score})
+        bar.write(f"checkpoint average of steps {steps}: validation score {score:.4f} (best single {best['score']:.4f})")
+        calibrate_and_save(logits, Path(config.out) / AVERAGED_DIR, extra={"averaged_steps": steps})
     seconds = time.monotonic() - started
     return TrainResult(out=Path(config.out), version=best["version"], metrics=best["metrics"], seconds=seconds,
                        history=history)
@@ -302,6 +347,7 @@ def _model_config(config: TrainConfig, *, labels: dict, temperature: dict, metri
         "max_length": config.max_length,
         "labels": labels,
         "temperature": temperature,
+        **({"entity_input": {"mark": config.entity_mark, "pooling": config.entity_pooling}} if ENTITY_TASK in labels else {}),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train": {**record, **extra},
         "metrics": {"validation": _summary(metrics)},

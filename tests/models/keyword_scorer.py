@@ -50,6 +50,7 @@ class KeywordEntityScorer(KeywordScorer):
     """A KeywordScorer with an ``entity`` head: the keywords of the ``;``-clause that names the entity."""
 
     labels = {"sentiment": LABELS, "entity": LABELS}
+    entity_input = {"mark": False, "pooling": "mean"}
 
     def probabilities(self, texts, *, max_chunks=None):
         texts = list(texts)

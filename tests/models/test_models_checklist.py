@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from models.checklist import CHECKLIST_FILE, Case, load_cases, run_checklist
-from tests.models.keyword_scorer import KeywordScorer
+from models.checklist import (CHECKLIST_FILE, ENTITY_CHECKLIST_FILE, Case, EntityCase, load_cases, load_entity_cases,
+                              run_checklist, run_entity_checklist)
+from tests.models.keyword_scorer import KeywordEntityScorer, KeywordScorer
 
 WEIGHTS = {"plunge": (4.0, 0.0, 0.0), "soar": (0.0, 0.0, 4.0), "puts": (0.8, 0.0, 0.0), "calls": (0.0, 0.0, 0.8),
            "meh": (0.0, 0.0, 0.0), "slight": (0.0, 0.0, 0.5)}
@@ -94,3 +95,36 @@ def test_checklist_command_on_the_shipped_model(tmp_path):
     assert sum(r["n"] for r in report["by_capability"].values()) == report["n"]
     assert report["model_version"].startswith("finpulse-minilm")
     assert "price_targets" in result.output and "all" in result.output
+    # The shipped model has an entity head, so its cases run too.
+    assert report["entity"]["n"] == len(load_entity_cases()) and "entity: contrast" in result.output
+
+
+def test_entity_runner_scores_pairs_in_one_call_and_counts_contrast_texts():
+    scorer = KeywordEntityScorer({"soar": (0.0, 0.0, 4.0), "plunge": (4.0, 0.0, 0.0)})
+    entity_cases = [
+        EntityCase("contrast", "Gold soar; Silver plunge", "Gold", "positive"),     # pass
+        EntityCase("contrast", "Gold soar; Silver plunge", "Silver", "negative"),   # pass: both right
+        EntityCase("contrast", "Tin plunge; Zinc soar", "Tin", "negative"),         # pass
+        EntityCase("contrast", "Tin plunge; Zinc soar", "Zinc", "negative"),        # fail: one of two right
+        EntityCase("single", "Lead quiet", "Lead", "neutral"),                      # pass
+    ]
+    report = run_entity_checklist(scorer, entity_cases)
+    assert len(scorer.calls) == 1
+    assert (report["n"], report["passed"]) == (5, 4)
+    assert report["by_capability"]["contrast"] == {"n": 4, "passed": 3, "pass_rate": 0.75}
+    assert (report["contrast_texts"], report["contrast_texts_both_right"]) == (2, 1)
+
+
+def test_bundled_entity_checklist_pairs_opposite_fates(tmp_path):
+    entity_cases = load_entity_cases(ENTITY_CHECKLIST_FILE)
+    assert len(entity_cases) >= 30
+    by_text: dict[str, set[str]] = {}
+    for c in entity_cases:
+        assert c.entity.lower() in c.text.lower()  # the entity is named in its text
+        if c.capability in ("contrast", "order"):
+            by_text.setdefault(c.text, set()).add(c.expect)
+    assert by_text and all(expects == {"negative", "positive"} for expects in by_text.values())
+    bad = tmp_path / "cases.yaml"
+    bad.write_text('cases:\n  - {capability: x, text: "a", entity: a, expect: bullish}\n')
+    with pytest.raises(ValueError, match="expect 'bullish'"):
+        load_entity_cases(bad)

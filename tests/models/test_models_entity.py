@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from models import corpus
-from models.entity import entity_eval, entity_frame, entity_splits, pair_text, score_pairs
+from models.entity import entity_eval, entity_frame, entity_splits, mark_mentions, pair_text, pair_texts, score_pairs
 from tests.models.keyword_scorer import KeywordEntityScorer, KeywordScorer
 
 WEIGHTS = {"shines": (0.0, 0.0, 3.0), "dull": (3.0, 0.0, 0.0), "jumps": (0.0, 0.0, 3.0), "slumps": (3.0, 0.0, 0.0)}
@@ -16,6 +16,16 @@ WEIGHTS = {"shines": (0.0, 0.0, 3.0), "dull": (3.0, 0.0, 0.0), "jumps": (0.0, 0.
 def test_pair_text_puts_the_entity_first_and_drops_special_literals():
     assert pair_text("Acme", "Acme slumps [SEP] as Globex gains https://t.co/x") == "Acme [SEP] Acme slumps as Globex gains"
     assert pair_text("[CLS]Acme", "x") == "Acme [SEP] x"
+
+
+def test_marks_wrap_every_mention_of_the_entity_and_only_it():
+    assert pair_text("Acme", "Acme slumps as Globex gains; acme's CEO quits", mark=True) == (
+        "Acme [SEP] « Acme » slumps as Globex gains; « acme »'s CEO quits")
+    assert mark_mentions("AAPL", "$AAPL and AAPL, not BAAPL") == "« $AAPL » and « AAPL », not BAAPL"
+    # Marks already in the text become quotes, so the only marks are ours; a missing mention marks nothing.
+    assert mark_mentions("Acme", "«Globex» gains") == '"Globex" gains'
+    assert mark_mentions("Tata Motors", "tata motors posts loss") == "« tata motors » posts loss"
+    assert mark_mentions("A+B (US)", "A+B (US) rises") == "« A+B (US) » rises"  # regex characters are literal
 
 
 def test_entity_split_is_by_headline_and_holds_out_the_sentence_validation_headlines():
@@ -30,7 +40,9 @@ def test_entity_split_is_by_headline_and_holds_out_the_sentence_validation_headl
     assert 0.15 < len(mixed_titles & test_titles) / len(mixed_titles) < 0.25
     again = entity_splits(seed=13)[1]
     assert again["title"].tolist() == test["title"].tolist()
-    assert split.train["text"].str.contains(" [SEP] ", regex=False).all()
+    assert "text" not in split.train.columns  # the model text depends on the model: pair_texts makes it
+    marked = pair_texts(split.train, mark=True)
+    assert all(" [SEP] " in t for t in marked) and sum("«" in t for t in marked) > 0.98 * len(marked)
 
 
 def test_score_pairs_reads_each_entity_separately():

@@ -124,3 +124,61 @@ def test_merge_lora_equals_peft_merge_and_unload(tmp_path):
     assert changed == 36  # every targeted weight moved, nothing else
     with pytest.raises(ValueError, match="not a LoRA"):
         merge_lora(ours, {"base_model.model.encoder.layer.0.attention.self.query.weight": torch.zeros(1)}, scaling=1.0)
+
+
+def test_entity_segment_mask_is_the_entity_word_pieces():
+    from models.network import entity_segment_mask
+
+    cls, sep, pad = 101, 102, 0
+    ids = torch.tensor([[cls, 7, 8, sep, 9, 10, sep, pad], [cls, 9, 10, 11, sep, pad, pad, pad]])
+    mask = (ids != pad).long()
+    got = entity_segment_mask(ids, mask, sep_token_id=sep)
+    assert got.tolist() == [[False, True, True, False, False, False, False, False],
+                            [False, True, True, True, False, False, False, False]]  # a plain text: all its pieces
+
+
+def _segment_network():
+    labels = {**LABELS, "entity": ["negative", "neutral", "positive"]}
+    network, tokenizer = new_network(base="sentence-transformers/all-MiniLM-L6-v2", labels=labels, mode="full",
+                                     entity_pooling="segment")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for head in network.heads.values():
+            head.weight.add_(torch.randn(head.weight.shape, generator=generator))
+    return network.eval(), tokenizer, labels
+
+
+def test_segment_pooling_reads_the_entity_pieces_and_round_trips(tmp_path):
+    network, tokenizer, labels = _segment_network()
+    assert network.heads["entity"].in_features == 2 * network.heads["sentiment"].in_features
+    pairs = ["Acme [SEP] Acme slumps as Globex gains", "Globex [SEP] Acme slumps as Globex gains"]
+    batch = tokenizer(pairs, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = network(batch["input_ids"], batch["attention_mask"])
+        # The explainer's path (embeddings, no ids) cannot find the segment: the entity head is left out.
+        embeds = network.encoder.get_input_embeddings()(batch["input_ids"])
+        no_ids = network(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+    assert set(no_ids) == {"sentiment", "topic"}
+    torch.testing.assert_close(no_ids["sentiment"], logits["sentiment"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits["entity"][0], logits["entity"][1])
+    config = {**_config("full"), "labels": labels, "entity_input": {"mark": True, "pooling": "segment"}}
+    save_model(network, out=tmp_path, config=config)
+    loaded = load_model(tmp_path)
+    assert loaded.network.entity_pooling == "segment"
+    with torch.inference_mode():
+        again = loaded.network(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(again["entity"], logits["entity"], atol=2e-2, rtol=0)  # fp16 encoder on disk
+
+
+def test_model_version_counts_the_entity_input_only_when_recorded(tmp_path):
+    network, _ = _perturbed("lora")
+    config = _config("lora")
+    before = save_model(network, out=tmp_path, config=config)
+    assert save_model(network, out=tmp_path, config={**config, "entity_input": None}) == before
+    marked = save_model(network, out=tmp_path, config={**config, "entity_input": {"mark": True, "pooling": "mean"}})
+    assert marked != before
+
+
+def test_unknown_entity_pooling_is_refused():
+    with pytest.raises(ValueError, match="entity_pooling"):
+        new_network(base="sentence-transformers/all-MiniLM-L6-v2", labels=LABELS, mode="full", entity_pooling="max")

@@ -130,6 +130,7 @@ def test_concurrent_requests_are_batched_and_split_back(server, shipped_scorer):
     assert batches < len(requests)  # dynamic batching merged requests
     info = httpx.get(f"{server}/info", timeout=10).json()
     assert info["model"]["model_version"] == shipped_scorer.version and info["model"]["max_chunks"] == 4
+    assert info["model"]["entity_input"] == shipped_scorer.entity_input
 
 
 def test_bad_request_is_rejected_not_retried(server):

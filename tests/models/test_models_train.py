@@ -72,3 +72,46 @@ def test_full_mode_training_writes_an_encoder_the_scorer_loads(tmp_path):
         assert torch.equal(value, saved[name].float()), name
     arrays = Scorer.load(tmp_path, device="cpu").score_arrays(["Shares plunge", "Gold hits a record"])
     assert arrays.status.tolist() == ["ok", "ok"] and arrays.model_version == result.version
+
+
+def test_average_state_dicts_is_the_element_wise_mean():
+    from models.train import average_state_dicts
+
+    a = {"w": torch.tensor([1.0, 2.0]), "ids": torch.tensor([0, 1])}
+    b = {"w": torch.tensor([3.0, 6.0]), "ids": torch.tensor([0, 1])}
+    got = average_state_dicts([a, b])
+    assert torch.equal(got["w"], torch.tensor([2.0, 4.0])) and torch.equal(got["ids"], b["ids"])
+    half = average_state_dicts([{"w": torch.tensor([1.0], dtype=torch.float16)}, {"w": torch.tensor([2.0], dtype=torch.float16)}])
+    assert half["w"].dtype == torch.float16 and half["w"].item() == 1.5
+
+
+def test_checkpoint_averaging_writes_the_mean_of_the_last_evaluations(tmp_path, monkeypatch):
+    """``average_last=2``: OUT/averaged holds the mean of the weights snapshotted at the last two
+    evaluations, calibrated and loadable, next to the best single checkpoint in OUT."""
+    from safetensors.torch import load_file
+
+    from models import corpus, train as train_module
+    from models.train import AVERAGED_DIR, TrainConfig, train
+
+    def sample(frames, n):
+        return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
+
+    sentiment = corpus.build_split("sentiment", sample(corpus.default_sentiment_frames(), 12), val_fraction=0.2, seed=1)
+    topic = corpus.build_split("topic", sample(corpus.default_topic_frames(), 5), val_fraction=0.2, seed=1)
+    seen = []
+    real = train_module.average_state_dicts
+    monkeypatch.setattr(train_module, "average_state_dicts", lambda states: seen.append(states) or real(states))
+    # One evaluation per step (evals_per_epoch above the steps per epoch), no early stop.
+    config = TrainConfig(out=tmp_path, mode="full", max_length=24, batch_size=16, epochs=1, max_steps=3,
+                         evals_per_epoch=100, patience=100, progress=False, seed=3, lr_heads=5e-2, average_last=2)
+    result = train(config, sentiment=sentiment, topic=topic)
+    averaged = tmp_path / AVERAGED_DIR
+    config_json = json.loads((averaged / CONFIG_FILE).read_text())
+    assert config_json["train"]["averaged_steps"] == [2, 3] == result.history[-1]["averaged_steps"]
+    (states,) = seen
+    assert len(states) == 2 and not torch.equal(states[0]["heads.sentiment.weight"], states[1]["heads.sentiment.weight"])
+    got = load_file(averaged / HEADS_FILE)
+    for name, value in got.items():
+        torch.testing.assert_close(value, (states[0][f"heads.{name}"] + states[1][f"heads.{name}"]) / 2)
+    scorer = Scorer.load(averaged, device="cpu")
+    assert scorer.version != result.version and scorer.score_arrays(["Shares plunge"]).status.tolist() == ["ok"]

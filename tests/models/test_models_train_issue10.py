@@ -38,12 +38,13 @@ def data():
     return issue10_data()
 
 
-def train_tiny(out, data, *, with_comments: bool, with_entity: bool):
+def train_tiny(out, data, *, with_comments: bool, with_entity: bool, entity_mark: bool = True,
+               entity_pooling: str = "segment"):
     """A tiny model (seconds) on ``issue10_data()``."""
     sentiment, topic, entity, _, comments = data
     config = TrainConfig(out=out, mode="lora", max_length=40, batch_size=32, epochs=2, max_steps=24,
                          evals_per_epoch=1, patience=10, progress=False, seed=3, lr_encoder=2e-3, lr_heads=5e-3,
-                         comment_weight=2.0)
+                         comment_weight=2.0, entity_mark=entity_mark, entity_pooling=entity_pooling)
     return train(config, sentiment=sentiment, topic=topic, entity=entity if with_entity else None,
                  comments=comments if with_comments else None)
 
@@ -59,6 +60,25 @@ def test_the_model_folder_has_an_entity_head_and_records_the_comments(issue10_mo
     assert set(config["temperature"]) == {"sentiment", "topic", "entity"}
     assert config["train"]["train_rows"]["comments"] == 160
     assert "entity" in issue10_model.metrics
+    assert config["entity_input"] == {"mark": True, "pooling": "segment"}
+
+
+def test_score_pairs_reads_a_pair_the_way_training_did(issue10_model, data):
+    """Validation during training and ``score_pairs`` at inference build the same marked pair: the
+    recorded validation accuracy is what score_pairs gives on the same rows (temperature keeps argmax),
+    and the marks matter to this model (unmarked pairs score differently)."""
+    from models.entity import pair_texts
+
+    scorer = Scorer.load(issue10_model.out, device="cpu")
+    assert scorer.entity_input == {"mark": True, "pooling": "segment"}
+    val = data[2].val
+    arrays = scorer.score_pairs(val["title"].tolist(), val["entity"].tolist())
+    accuracy = float(np.mean(arrays.sentiment == val["label"].to_numpy()))
+    assert accuracy == pytest.approx(issue10_model.metrics["entity"]["accuracy"], abs=1.5 / len(val))
+    marked, _ = scorer.probabilities(pair_texts(val, mark=True), max_chunks=1)
+    unmarked, _ = scorer.probabilities(pair_texts(val, mark=False), max_chunks=1)
+    np.testing.assert_allclose(arrays.p_positive, marked["entity"][:, 2], atol=1e-6)
+    assert not np.allclose(marked["entity"], unmarked["entity"], atol=1e-3)
 
 
 def test_score_pairs_on_the_trained_model(issue10_model, data):
