@@ -69,30 +69,6 @@ def documents(texts: list[str], tag: str, *, stamp: bool = False) -> list[tuple[
     return out
 
 
-def scratch_db(settings):
-    import sqlalchemy as sa
-    from pydantic import SecretStr
-
-    from finpulse import db
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = db.engine(settings, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.engine.make_url(settings.sqlalchemy_url().get_secret_value()).set(database=name)
-    scratch = settings.model_copy(update={"database_url": SecretStr(url.render_as_string(hide_password=False))})
-    engine = db.engine(scratch)
-    db.migrate(engine)
-    engine.dispose()
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-    return scratch, drop
-
-
 def produce(settings, topic: str, messages, *, rate: float | None = None, stamp_ids: dict | None = None) -> None:
     from kafka import KafkaProducer
 
@@ -374,7 +350,8 @@ def main() -> None:
     base = Settings()
     LocalStack(base).up()  # idempotent: reuses a running test stack, starts it otherwise (and leaves it up)
     db.migrate(db.engine(base))
-    settings, drop = scratch_db(base)
+    scratch = db.scratch_database(base, prefix="bench")
+    settings = scratch.__enter__()
     texts = bench_texts(args.n)
     load = os.getloadavg()
     results: dict = {"benchmark": "bench/bench_pipeline.py", "at": datetime.now(timezone.utc).isoformat(),
@@ -400,7 +377,7 @@ def main() -> None:
                 results["naive"] = bench_naive(settings, texts, 1)
                 log(f"    {results['naive']}")
     finally:
-        drop()
+        scratch.__exit__(None, None, None)
     results["ratios"] = {"pipeline_over_scorer": round(results["pipeline"]["docs_per_s"] / results["scorer"]["texts_per_s"], 2)}
     if "naive" in results:
         results["ratios"]["pipeline_over_naive"] = round(results["pipeline"]["docs_per_s"] / results["naive"]["docs_per_s"], 2)

@@ -8,8 +8,11 @@ text changed is an error: ship a new migration instead of editing an old one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +122,30 @@ def migrate(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
             conn.commit()
     return applied
+
+
+@contextlib.contextmanager
+def scratch_database(settings: Settings, *, prefix: str = "scratch") -> Iterator[Settings]:
+    """A new, migrated database on the cluster ``settings`` points at, dropped (connections forced
+    off) on exit; yields Settings whose ``database_url`` names it. For tests and benchmarks."""
+    from pydantic import SecretStr
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = engine(settings, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        url = sa.engine.make_url(settings.sqlalchemy_url().get_secret_value()).set(database=name)
+        scratch = settings.model_copy(update={"database_url": SecretStr(url.render_as_string(hide_password=False))})
+        scratch_engine = engine(scratch)
+        try:
+            migrate(scratch_engine)
+        finally:
+            scratch_engine.dispose()
+        try:
+            yield scratch
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    finally:
+        admin.dispose()

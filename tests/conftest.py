@@ -7,13 +7,14 @@ operator's ``./var`` stack, and stops it at the end. Tests that use it are marke
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
+
+from finpulse.db import scratch_database  # a new migrated database per use; the stack tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -84,31 +85,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def scratch_database(stack):
-    """A new, migrated database on the test cluster, dropped on exit; yields Settings pointing at it."""
-    import sqlalchemy as sa
-    from pydantic import SecretStr
-
-    from finpulse import db
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = db.engine(stack, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.engine.make_url(stack.sqlalchemy_url().get_secret_value()).set(database=name)
-    settings = stack.model_copy(update={"database_url": SecretStr(url.render_as_string(hide_password=False))})
-    engine = db.engine(settings)
-    db.migrate(engine)
-    engine.dispose()
-    try:
-        yield settings
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -90,3 +90,23 @@ def test_the_sinks_upserts_on_natural_keys_are_idempotent(fresh_db):
             "SELECT width_seconds, n_docs FROM sentiment_windows WHERE dimension = 'all' ORDER BY 1")).all() == [
             (60, 1), (3600, 1)]
     eng.dispose()
+
+
+def test_scratch_database_is_migrated_and_dropped_even_when_the_body_fails(stack):
+    names = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with db.scratch_database(stack, prefix="scratch_test") as settings:
+            eng = db.engine(settings)
+            try:
+                assert db.current_version(eng) == max(m.version for m in db.discover())
+                with eng.connect() as conn:
+                    names.append(conn.execute(sa.text("SELECT current_database()")).scalar())
+                    conn.execute(sa.text("SELECT 1"))  # a connection left open: the drop forces it off
+                    raise RuntimeError("boom")
+            finally:
+                eng.dispose()
+    assert names[0].startswith("scratch_test_")
+    admin = db.engine(stack)
+    with admin.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": names[0]}).scalar() == 0
+    admin.dispose()
