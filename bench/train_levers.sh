@@ -7,6 +7,8 @@
 # Usage: bench/train_levers.sh OUT_DIR [RUN ...]
 #   runs: shipped (models/shipped, evaluated only) full full_mark full_nocomments lora full_ls full_seed7
 #   full_seed7_avg (evaluated only: the checkpoint average full_seed7 writes, --average-last 3)
+#   teacher_mpnet (all-mpnet-base-v2 from bench/fetch_teacher.sh, 1 epoch, no entity head)
+#   full_distill (full_mark distilled from teacher_mpnet)
 #   (full and lora read entity pairs as round 2 did, unmarked; the others mark the entity's mentions)
 # bench/levers_table.py OUT_DIR prints the table. Reads ../shared (evaluation data), so it lives in bench/.
 set -euo pipefail
@@ -21,18 +23,21 @@ F=.venv/bin/finpulse
 mkdir -p "$OUT"
 [ -f "$OUT/split/sentiment_test.csv" ] || $F model split --out "$OUT/split" --test-share 0.5 >/dev/null
 
-common=(--epochs "$EPOCHS" --threads "$THREADS" --no-progress --with-entities --test-share 0.5)
+common=(--threads "$THREADS" --test-share 0.5)
+recipe=(--epochs "$EPOCHS" --no-progress --with-entities)
 for run in "${RUNS[@]}"; do
   model=$OUT/$run/model
   case $run in
     shipped)         model=models/shipped; args=() ;;
-    full)            args=(--mode full --with-comments --no-entity-mark) ;;
-    full_mark)       args=(--mode full --with-comments --entity-mark) ;;
-    lora)            args=(--mode lora --with-comments --no-entity-mark) ;;
-    full_ls)         args=(--mode full --with-comments --entity-mark --label-smoothing 0.1) ;;
-    full_seed7)      args=(--mode full --with-comments --entity-mark --seed 7 --split-seed 13 --average-last 3) ;;
+    full)            args=("${recipe[@]}" --mode full --with-comments --no-entity-mark) ;;
+    full_mark)       args=("${recipe[@]}" --mode full --with-comments --entity-mark) ;;
+    lora)            args=("${recipe[@]}" --mode lora --with-comments --no-entity-mark) ;;
+    full_ls)         args=("${recipe[@]}" --mode full --with-comments --entity-mark --label-smoothing 0.1) ;;
+    full_seed7)      args=("${recipe[@]}" --mode full --with-comments --entity-mark --seed 7 --split-seed 13 --average-last 3) ;;
     full_seed7_avg)  model=$OUT/full_seed7/model/averaged; args=() ;;
-    full_nocomments) args=(--mode full --entity-mark) ;;
+    full_nocomments) args=("${recipe[@]}" --mode full --entity-mark) ;;
+    teacher_mpnet)   args=(--epochs 1 --mode full --with-comments --base "$(bench/fetch_teacher.sh)") ;;
+    full_distill)    args=("${recipe[@]}" --mode full --with-comments --entity-mark --teacher "$OUT/teacher_mpnet/model") ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   dir=$OUT/$run

@@ -59,6 +59,9 @@ def cli() -> None:
               help="Also train an entity head on the bundled SEntFiN (headline, entity) rows (held-out test headlines left out).")
 @click.option("--average-last", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also write OUT/averaged: the mean of the weights at the last N evaluations (checkpoint averaging), calibrated the same way.")
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A model folder to distil from: the student also learns its sentiment and topic probabilities, on the labelled rows and the comments.")
+@click.option("--distill-weight", type=float, default=1.0, show_default=True, help="Weight of the distillation loss (with --teacher).")
 @click.option("--entity-mark/--no-entity-mark", default=True, show_default=True,
               help="With --with-entities: wrap the entity's mentions in the text in « » so the encoder sees where it is named.")
 @click.option("--entity-pooling", type=click.Choice(["mean", "segment"]), default="mean", show_default=True,
@@ -68,7 +71,7 @@ def cli() -> None:
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,
                   batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, label_smoothing, seed, split_seed, val_fraction,
                   test_share, evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, average_last,
-                  entity_mark, entity_pooling, threads, no_progress) -> None:
+                  teacher, distill_weight, entity_mark, entity_pooling, threads, no_progress) -> None:
     """Train the two-head model (three with --with-entities) and write it (LoRA adapter or encoder, heads, config) to --out."""
     from models import corpus
     from models.network import DEFAULT_BASE
@@ -112,6 +115,7 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
         comments_source="bundled: StockTwits self-tagged comments, training part" if with_comments else None,
         entity_source="bundled: SEntFiN entity rows, training headlines" if with_entities else None,
         entity_mark=entity_mark, entity_pooling=entity_pooling, average_last=average_last,
+        teacher=teacher, distill_weight=distill_weight,
     )
     result = train(config, sentiment=sentiment, topic=topic, entity=entity, comments=comments)
     summary = {task: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}

@@ -5,6 +5,8 @@ Each batch mixes sentiment and topic examples; every example carries a label for
 own rows. Validation macro-F1 (mean over the heads) picks the best checkpoint and stops early;
 per-head temperatures are then fit on the validation logits. With ``average_last`` the mean of the
 weights at the last evaluations is also written (``OUT/averaged``), to be compared on held-out data.
+With ``teacher`` the student also learns a trained model's calibrated sentiment and topic
+probabilities (KL divergence) on the labelled rows and on the comments (distillation).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from models.corpus import SENTIMENT_LABELS, TASKS, Split, model_text
 from models.metrics import classification_report, expected_calibration_error, fit_temperature
 from models.entity import pair_texts
 from models.network import (DEFAULT_BASE, ENTITY_TASK, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported,
-                            new_network, save_model)
+                            model_version, new_network, save_model)
 from models.scorer import autocast_context, batched_logits
 from models.weak_labels import binary_tag_loss, tag_ids, tag_weights
 
@@ -68,6 +70,8 @@ class TrainConfig:
     # Also write OUT/averaged: the mean of the weights at the last N evaluations. The final step is
     # always evaluated, so it can sit a few steps after a regular evaluation and count twice.
     average_last: int = 0
+    teacher: str | None = None  # a model folder whose sentiment/topic probabilities the student also learns
+    distill_weight: float = 1.0  # the distillation loss's weight against the labelled heads'
     entity_mark: bool = True  # wrap the entity's mentions in the text in « » (models.entity.mark_mentions)
     entity_pooling: str = "mean"  # what the entity head reads (models.network.ENTITY_POOLINGS)
     progress: bool = True
@@ -95,6 +99,44 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return {key: (torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
                   if value.is_floating_point() else value)
             for key, value in states[-1].items()}
+
+
+# Which training rows the teacher labels for each head: the head's own rows and the comments, whose
+# 3-class sentiment (and topic) no label gives: that is the unlabelled text distillation adds.
+DISTILL_ROWS = {"sentiment": ("sentiment", "comments"), "topic": ("topic", "comments")}
+
+
+def teacher_targets(teacher_dir: str | Path, table: pd.DataFrame, *, device: torch.device) -> dict[str, torch.Tensor]:
+    """The teacher's calibrated probabilities per head for the rows ``DISTILL_ROWS`` names (NaN rows elsewhere).
+
+    One chunk per text, as training reads it. The teacher needs the student's labels for those heads.
+    """
+    from models.scorer import Scorer
+
+    teacher = Scorer.load(teacher_dir, device=device, max_chunks=1)
+    out = {}
+    for task, row_tasks in DISTILL_ROWS.items():
+        if task not in teacher.labels:
+            continue
+        if teacher.labels[task] != task_labels(task):
+            raise ValueError(f"teacher {teacher.version}: {task} labels {teacher.labels[task]} differ from the student's")
+        rows = np.flatnonzero(table["task"].isin(row_tasks).to_numpy())
+        probs = np.full((len(table), len(task_labels(task))), np.nan, dtype=np.float32)
+        if len(rows):
+            distributions, _ = teacher.probabilities(table["text"].iloc[rows].tolist(), max_chunks=1)
+            probs[rows] = distributions[task]
+        out[task] = torch.from_numpy(probs)
+    log.info("teacher %s: soft targets for %s", teacher.version, {t: int((~v.isnan().any(1)).sum()) for t, v in out.items()})
+    return out
+
+
+def distill_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) over the rows with a target (NaN rows skipped); zero with a graph when none."""
+    has = ~target.isnan().any(1)
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    log_student = torch.log_softmax(logits[has].float(), -1)
+    return torch.nn.functional.kl_div(log_student, target[has].float(), reduction="batchmean")
 
 
 def _seed_everything(seed: int) -> None:
@@ -207,6 +249,8 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
     targets = {task: np.where(table["task"] == task, table["y"], IGNORE).astype(np.int64) for task in labels}
     comment_tags = np.where(table["task"] == "comments", table["y"], IGNORE).astype(np.int64)
     comment_weights = tag_weights(comment_tags, power=config.class_weight_power).to(device)
+    soft = teacher_targets(config.teacher, table, device=device) if config.teacher else {}
+    teacher_record = {"teacher_version": model_version(Path(config.teacher))} if config.teacher else {}
     losses = {
         task: torch.nn.CrossEntropyLoss(
             weight=_class_weights(targets[task], len(names), config.class_weight_power).to(device),
@@ -282,7 +326,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
             stale += 1
             return best
         stale = 0
-        calibrated, version = calibrate_and_save(logits, Path(config.out), extra={"best_step": step})
+        calibrated, version = calibrate_and_save(logits, Path(config.out), extra={"best_step": step, **teacher_record})
         return {"score": score, "step": step, "metrics": calibrated, "version": version}
 
     done = False
@@ -299,6 +343,8 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
             tags = torch.from_numpy(comment_tags[batch_index]).to(device)
             if (tags != IGNORE).any():
                 loss = loss + config.comment_weight * binary_tag_loss(logits["sentiment"], tags, weights=comment_weights)
+            for task, targets_soft in soft.items():
+                loss = loss + config.distill_weight * distill_loss(logits[task], targets_soft[batch_index].to(device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder_params + head_params, 1.0)
             optimizer.step()
@@ -327,7 +373,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
         score = _score({task: report(task, value, splits[task]) for task, value in logits.items()})
         history.append({"averaged_steps": steps, "score": score})
         bar.write(f"checkpoint average of steps {steps}: validation score {score:.4f} (best single {best['score']:.4f})")
-        calibrate_and_save(logits, Path(config.out) / AVERAGED_DIR, extra={"averaged_steps": steps})
+        calibrate_and_save(logits, Path(config.out) / AVERAGED_DIR, extra={"averaged_steps": steps, **teacher_record})
     seconds = time.monotonic() - started
     return TrainResult(out=Path(config.out), version=best["version"], metrics=best["metrics"], seconds=seconds,
                        history=history)

@@ -152,3 +152,50 @@ def test_calibration_covers_the_entity_head_on_validation_and_test_pairs(issue10
     entity_t = json.loads((issue10_model.out / "config.json").read_text())["temperature"]["entity"]
     assert report["test"]["entity"]["after"]["temperature"] == pytest.approx(entity_t)
     assert 0 <= report["test"]["entity"]["before"]["ece"] <= 1
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(issue10_model, data, tmp_path):
+    """Same seed and data, with and without the tiny issue-10 model as teacher: on the comments (which
+    have no 3-class label; the teacher supplies one) the student's sentiment distribution is closer to
+    the teacher's with distillation, and the folder records the teacher's version."""
+    from models.train import distill_loss
+
+    sentiment, topic, _, _, comments = data
+
+    def student(out, teacher):
+        config = TrainConfig(out=out, mode="lora", max_length=40, batch_size=32, epochs=2, max_steps=24,
+                             evals_per_epoch=1, patience=10, progress=False, seed=5, lr_encoder=2e-3, lr_heads=5e-3,
+                             teacher=teacher, distill_weight=5.0)
+        return train(config, sentiment=sentiment, topic=topic, comments=comments)
+
+    taught = student(tmp_path / "taught", str(issue10_model.out))
+    alone = student(tmp_path / "alone", None)
+    config = json.loads((taught.out / "config.json").read_text())
+    assert config["train"]["teacher_version"] == issue10_model.version
+
+    texts = comments["text"].tolist()
+    target, _ = Scorer.load(issue10_model.out, device="cpu").probabilities(texts, max_chunks=1)
+
+    def divergence(model_dir):
+        probs, _ = Scorer.load(model_dir, device="cpu").probabilities(texts, max_chunks=1)
+        import torch
+
+        return float(distill_loss(torch.log(torch.from_numpy(probs["sentiment"])), torch.from_numpy(target["sentiment"])))
+
+    assert divergence(taught.out) < divergence(alone.out)
+
+
+def test_distill_loss_skips_rows_without_a_target():
+    import torch
+
+    from models.train import distill_loss
+
+    logits = torch.tensor([[2.0, 0.0, -2.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[float("nan")] * 3, [0.2, 0.5, 0.3]])
+    loss = distill_loss(logits, target)
+    expected = torch.nn.functional.kl_div(torch.log_softmax(logits[1:], -1), target[1:], reduction="batchmean")
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.all(logits.grad[0] == 0)  # the row without a target gets no gradient
+    none = distill_loss(logits, torch.full((2, 3), float("nan")))
+    assert none.item() == 0.0 and none.requires_grad
