@@ -114,17 +114,20 @@ def teacher_targets(teacher_dir: str | Path, table: pd.DataFrame, *, device: tor
     from models.scorer import Scorer
 
     teacher = Scorer.load(teacher_dir, device=device, max_chunks=1)
-    out = {}
-    for task, row_tasks in DISTILL_ROWS.items():
-        if task not in teacher.labels:
-            continue
+    tasks = {task: row_tasks for task, row_tasks in DISTILL_ROWS.items() if task in teacher.labels}
+    for task in tasks:
         if teacher.labels[task] != task_labels(task):
             raise ValueError(f"teacher {teacher.version}: {task} labels {teacher.labels[task]} differ from the student's")
-        rows = np.flatnonzero(table["task"].isin(row_tasks).to_numpy())
+    wanted = {task: table["task"].isin(row_tasks).to_numpy() for task, row_tasks in tasks.items()}
+    rows = np.flatnonzero(np.logical_or.reduce(list(wanted.values()))) if wanted else np.array([], dtype=int)
+    # One teacher forward per text for all heads (a comment serves both).
+    distributions, _ = teacher.probabilities(table["text"].iloc[rows].tolist(), max_chunks=1) if len(rows) else ({}, None)
+    out = {}
+    for task, mask in wanted.items():
         probs = np.full((len(table), len(task_labels(task))), np.nan, dtype=np.float32)
         if len(rows):
-            distributions, _ = teacher.probabilities(table["text"].iloc[rows].tolist(), max_chunks=1)
             probs[rows] = distributions[task]
+        probs[~mask] = np.nan
         out[task] = torch.from_numpy(probs)
     log.info("teacher %s: soft targets for %s", teacher.version, {t: int((~v.isnan().any(1)).sum()) for t, v in out.items()})
     return out

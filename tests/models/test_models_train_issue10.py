@@ -199,3 +199,16 @@ def test_distill_loss_skips_rows_without_a_target():
     assert torch.all(logits.grad[0] == 0)  # the row without a target gets no gradient
     none = distill_loss(logits, torch.full((2, 3), float("nan")))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_teacher_targets_cover_each_heads_rows_and_the_comments(issue10_model):
+    import torch
+
+    from models.train import teacher_targets
+
+    table = pd.DataFrame({"text": ["Shares plunge", "Fed holds rates", "to the moon", "Acme [SEP] Acme slumps"],
+                          "task": ["sentiment", "topic", "comments", "entity"]})
+    soft = teacher_targets(issue10_model.out, table, device=torch.device("cpu"))
+    has = {task: (~value.isnan().any(1)).tolist() for task, value in soft.items()}
+    assert has == {"sentiment": [True, False, True, False], "topic": [False, True, True, False]}
+    assert torch.allclose(soft["sentiment"][[0, 2]].sum(1), torch.ones(2), atol=1e-5)
