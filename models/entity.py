@@ -6,8 +6,9 @@ tokenizer maps the literal ``[SEP]`` to its special token) and a third head, ``e
 says how: ``mark`` wraps each mention of the entity in the text in ``« »``, so the encoder sees
 where the text speaks of it; ``pooling`` ``segment`` adds the mean of the entity's own word pieces
 to the all-token mean the head reads. A model folder has the head when its ``config.json`` labels
-include ``entity``; ``score_pairs`` refuses a model without one rather than guess. Pairs are read as one chunk of the model's max length with the entity first, so the
-entity is never cut off; text past the first chunk is not read (flagged ``truncated``).
+include ``entity``; ``score_pairs`` refuses a model without one rather than guess. Pairs are read
+as one chunk of the model's max length with the entity first, so the entity is never cut off;
+text past the first chunk is not read (flagged ``truncated``).
 
 Data: SEntFiN 1.0 entity rows (``models/data/sentfin_entities.csv.gz``, MIT; one row per
 headline and entity). Held-out test headlines (never trained or tuned on) are the SEntFiN
@@ -18,14 +19,13 @@ entities disagree, the cases that matter; the sentence head never trains on them
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-
-import re
 
 from models import corpus
 from models.corpus import DATA_DIR, SENTIMENT_LABELS, Split, model_text

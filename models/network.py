@@ -105,10 +105,6 @@ class MultiHeadEncoder(nn.Module):
         self.heads = nn.ModuleDict({task: nn.Linear(hidden_size * (2 if segment and task == ENTITY_TASK else 1), len(names))
                                     for task, names in labels.items()})
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return mean_pool(hidden, attention_mask)
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -118,10 +114,8 @@ class MultiHeadEncoder(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Logits per head (fp32). ``inputs_embeds`` instead of ids serves the explainer; with
         ``segment`` entity pooling the entity head is then left out (the segment needs the ids)."""
-        if inputs_embeds is not None:
-            hidden = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        else:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                              attention_mask=attention_mask).last_hidden_state
         pooled = self.dropout(mean_pool(hidden, attention_mask))
         logits = {}
         for task, head in self.heads.items():

@@ -313,7 +313,7 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
 
     def checkpoint() -> dict:
         """Evaluate; on a new best, calibrate and save, so --out always holds the best model so far."""
-        nonlocal best, stale
+        nonlocal stale
         logits = evaluate(network, tokenizer, splits, config=config, device=device, bf16=bf16)
         metrics = {task: report(task, value, splits[task]) for task, value in logits.items()}
         score = _score(metrics)
