@@ -50,7 +50,6 @@ class RemoteScorer:
         self.max_backoff = max_backoff
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self._version: str | None = None
-        self._labels: dict[str, list[str]] | None = None
         self._info: dict | None = None
 
     def __repr__(self) -> str:
@@ -85,9 +84,7 @@ class RemoteScorer:
     @property
     def labels(self) -> dict[str, list[str]]:
         """The served model's heads and their labels (from ``/info``)."""
-        if self._labels is None:
-            self._labels = self._model_info("labels", lambda labels: {str(k): list(v) for k, v in labels.items()})
-        return self._labels
+        return self._model_info("labels", lambda labels: {str(k): list(v) for k, v in labels.items()})
 
     def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]) -> EntityArrays:
         """Sentiment towards ``entities[i]`` in ``texts[i]`` (the served model's entity head), as ``Scorer.score_pairs``.

@@ -49,6 +49,15 @@ class ScoreRequest(BaseModel):
         return self
 
 
+def _answer(results: list, requests: list[ScoreRequest], members: list[int], arrays) -> None:
+    """Split the arrays of one merged batch back into the answers of its requests (``members``, in order)."""
+    offset = 0
+    for i in members:
+        n = len(requests[i].texts)
+        results[i] = arrays.rows(offset, offset + n).to_dict()
+        offset += n
+
+
 class ScorerAPI(ls.LitAPI):
     """LitServe API around ``models.scorer.Scorer``; one instance per inference worker (per device)."""
 
@@ -104,22 +113,14 @@ class ScorerAPI(ls.LitAPI):
             elif pairs:
                 arrays = self.scorer.score_pairs([t for i in pairs for t in requests[i].texts],
                                                  [e for i in pairs for e in requests[i].entities])
-                offset = 0
-                for i in pairs:
-                    n = len(requests[i].texts)
-                    results[i] = arrays.rows(offset, offset + n).to_dict()
-                    offset += n
+                _answer(results, requests, pairs, arrays)
                 texts += len(arrays)
                 ok += int((arrays.status == "ok").sum())
                 chunks += len(arrays)
             for max_chunks, members in groups.items():
                 flat = [t for i in members for t in requests[i].texts]
                 arrays = self.scorer.score_arrays(flat, max_chunks=max_chunks)
-                offset = 0
-                for i in members:
-                    n = len(requests[i].texts)
-                    results[i] = arrays.rows(offset, offset + n).to_dict()
-                    offset += n
+                _answer(results, requests, members, arrays)
                 texts += len(flat)
                 ok += int((arrays.status == "ok").sum())
                 chunks += int(arrays.n_chunks.sum())
@@ -194,7 +195,7 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
     """The LitServer, not started. Sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir) unless set."""
     import json
 
-    from models.network import CONFIG_FILE, entity_input, model_version, resolve_model_dir
+    from models.network import CONFIG_FILE, ENTITY_TASK, entity_input, model_version, resolve_model_dir
 
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="finpulse-model-serve-metrics-")
@@ -204,7 +205,7 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
                 "max_length": config["max_length"], "labels": config["labels"], "max_batch_size": max_batch_size,
                 "batch_timeout": batch_timeout,
                 # How this model reads (text, entity) pairs: clients send raw pairs, the server builds them.
-                "entity_input": entity_input(config) if "entity" in config["labels"] else None}
+                "entity_input": entity_input(config) if ENTITY_TASK in config["labels"] else None}
     api = ScorerAPI(model_dir=str(folder), max_chunks=max_chunks, token_budget=token_budget, threads=threads,
                     max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     return ls.LitServer(api, accelerator=device, devices="auto", workers_per_device=workers_per_device,
