@@ -64,6 +64,15 @@ def _passes(case: Case, first: dict, second: dict | None, *, margin: float) -> b
     return shift > margin if case.expect == "more_positive" else shift < -margin
 
 
+def _tally(passed: list[bool]) -> dict:
+    """``n``, ``passed`` and ``pass_rate`` of a list of case outcomes (rate 0 when empty)."""
+    return {"n": len(passed), "passed": int(sum(passed)), "pass_rate": float(np.mean(passed)) if passed else 0.0}
+
+
+def _rates(groups: dict[str, list[bool]]) -> dict:
+    return {name: _tally(passed) for name, passed in groups.items()}
+
+
 def run_checklist(scorer, cases: list[Case], *, margin: float) -> dict:
     """Score every text once (one batch) and report each case and the pass rate per capability.
 
@@ -95,12 +104,8 @@ def run_checklist(scorer, cases: list[Case], *, margin: float) -> dict:
         by_capability[r["capability"]].append(r["passed"])
         by_type[r["type"]].append(r["passed"])
 
-    def rates(groups: dict[str, list[bool]]) -> dict:
-        return {k: {"n": len(v), "passed": int(sum(v)), "pass_rate": float(np.mean(v))} for k, v in groups.items()}
-
-    passed = [r["passed"] for r in results]
-    return {"n": len(results), "passed": int(sum(passed)), "pass_rate": float(np.mean(passed)) if passed else 0.0,
-            "margin": margin, "by_capability": rates(by_capability), "by_type": rates(by_type), "cases": results}
+    return {**_tally([r["passed"] for r in results]), "margin": margin, "by_capability": _rates(by_capability),
+            "by_type": _rates(by_type), "cases": results}
 
 
 # --- the entity head ------------------------------------------------------------------------
@@ -146,9 +151,6 @@ def run_entity_checklist(scorer, cases: list[EntityCase]) -> dict:
         by_capability[r["capability"]].append(r["passed"])
         if r["capability"] == "contrast":
             by_text[r["text"]].append(r["passed"])
-    passed = [r["passed"] for r in results]
-    return {"n": len(results), "passed": int(sum(passed)), "pass_rate": float(np.mean(passed)) if passed else 0.0,
-            "by_capability": {k: {"n": len(v), "passed": int(sum(v)), "pass_rate": float(np.mean(v))}
-                              for k, v in by_capability.items()},
+    return {**_tally([r["passed"] for r in results]), "by_capability": _rates(by_capability),
             "contrast_texts": len(by_text), "contrast_texts_both_right": int(sum(all(v) for v in by_text.values())),
             "cases": results}

@@ -110,6 +110,12 @@ def eval_ood_command(three_class, three_class_label_column, binary, binary_label
     _write_json(report, json_out)
 
 
+def _echo_rates(report: dict, *, prefix: str = "", note: str = "") -> None:
+    """One line per capability, then the total, as ``name  passed/n  rate``."""
+    for name, r in [*sorted(report["by_capability"].items()), ("all", report)]:
+        click.echo(f"{prefix + name:<18} {r['passed']:>3}/{r['n']:<3} {r['pass_rate']:.0%}" + (note if name == "all" else ""))
+
+
 @cli.command("checklist")
 @click.option("--cases", "cases_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Checklist YAML (default: models/data/checklist.yaml).")
@@ -124,17 +130,16 @@ def checklist_command(cases_path, entity_cases_path, json_out, show_failures, mo
     with an entity head also its cases (two companies, opposite fates, in one text)."""
     from models.checklist import (CHECKLIST_FILE, ENTITY_CHECKLIST_FILE, load_cases, load_entity_cases, run_checklist,
                                   run_entity_checklist)
+    from models.entity import has_entity_head
 
     cases, margin = load_cases(cases_path or CHECKLIST_FILE)
     scorer = _load_scorer(model_dir, threads)
     report = run_checklist(scorer, cases, margin=margin)
     report["model_version"] = scorer.version
     report["entity"] = None
-    if "entity" in scorer.labels:
+    if has_entity_head(scorer):
         report["entity"] = run_entity_checklist(scorer, load_entity_cases(entity_cases_path or ENTITY_CHECKLIST_FILE))
-    for name, r in sorted(report["by_capability"].items()):
-        click.echo(f"{name:<18} {r['passed']:>3}/{r['n']:<3} {r['pass_rate']:.0%}")
-    click.echo(f"{'all':<18} {report['passed']:>3}/{report['n']:<3} {report['pass_rate']:.0%}")
+    _echo_rates(report)
     if show_failures:
         for case in report["cases"]:
             if not case["passed"]:
@@ -146,10 +151,8 @@ def checklist_command(cases_path, entity_cases_path, json_out, show_failures, mo
                               if case["perturbed"] else ""))
     if report["entity"] is not None:
         entity = report["entity"]
-        for name, r in sorted(entity["by_capability"].items()):
-            click.echo(f"{'entity: ' + name:<18} {r['passed']:>3}/{r['n']:<3} {r['pass_rate']:.0%}")
-        click.echo(f"{'entity: all':<18} {entity['passed']:>3}/{entity['n']:<3} {entity['pass_rate']:.0%}  "
-                   f"(contrast texts with both entities right: {entity['contrast_texts_both_right']}/{entity['contrast_texts']})")
+        _echo_rates(entity, prefix="entity: ",
+                    note=f"  (contrast texts with both entities right: {entity['contrast_texts_both_right']}/{entity['contrast_texts']})")
         if show_failures:
             for case in entity["cases"]:
                 if not case["passed"]:
