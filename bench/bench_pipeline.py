@@ -350,8 +350,6 @@ def main() -> None:
     base = Settings()
     LocalStack(base).up()  # idempotent: reuses a running test stack, starts it otherwise (and leaves it up)
     db.migrate(db.engine(base))
-    scratch = db.scratch_database(base, prefix="bench")
-    settings = scratch.__enter__()
     texts = bench_texts(args.n)
     load = os.getloadavg()
     results: dict = {"benchmark": "bench/bench_pipeline.py", "at": datetime.now(timezone.utc).isoformat(),
@@ -359,25 +357,23 @@ def main() -> None:
                      "load_average_at_start": [round(x, 2) for x in load],
                      "texts": "bench_scorer.bench_texts: half financial-news tweets, half SEntFiN headlines, seed 0",
                      "spark_master": "local[2]", "trigger": base.pipeline_trigger}
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-            work = Path(tmp)
-            log("(a) bare Scorer")
-            results["scorer"] = bench_scorer(texts, args.threads)
-            log(f"    {results['scorer']}")
-            log("(b) pipeline Kafka -> Postgres")
-            results["pipeline"] = bench_pipeline(settings, texts, work / "b", 1)
-            log(f"    {results['pipeline']}")
-            rate = results["pipeline"]["docs_per_s"] / 2
-            log(f"(d) latency at {rate:.0f} docs/s")
-            results["latency"] = bench_latency(settings, texts, work / "d", 1, rate, args.latency_seconds)
-            log(f"    {results['latency']}")
-            if not args.skip_naive:
-                log("(c) naive: per-row UDF + transformers pipeline() + JDBC append")
-                results["naive"] = bench_naive(settings, texts, 1)
-                log(f"    {results['naive']}")
-    finally:
-        scratch.__exit__(None, None, None)
+    with db.scratch_database(base, prefix="bench") as settings, \
+            tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        work = Path(tmp)
+        log("(a) bare Scorer")
+        results["scorer"] = bench_scorer(texts, args.threads)
+        log(f"    {results['scorer']}")
+        log("(b) pipeline Kafka -> Postgres")
+        results["pipeline"] = bench_pipeline(settings, texts, work / "b", 1)
+        log(f"    {results['pipeline']}")
+        rate = results["pipeline"]["docs_per_s"] / 2
+        log(f"(d) latency at {rate:.0f} docs/s")
+        results["latency"] = bench_latency(settings, texts, work / "d", 1, rate, args.latency_seconds)
+        log(f"    {results['latency']}")
+        if not args.skip_naive:
+            log("(c) naive: per-row UDF + transformers pipeline() + JDBC append")
+            results["naive"] = bench_naive(settings, texts, 1)
+            log(f"    {results['naive']}")
     results["ratios"] = {"pipeline_over_scorer": round(results["pipeline"]["docs_per_s"] / results["scorer"]["texts_per_s"], 2)}
     if "naive" in results:
         results["ratios"]["pipeline_over_naive"] = round(results["pipeline"]["docs_per_s"] / results["naive"]["docs_per_s"], 2)
