@@ -23,14 +23,10 @@ def shipped_scorer():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A model trained end to end in seconds on a small sample of the bundled data."""
-    from models import corpus
     from models.train import TrainConfig, train
+    from tests.models.samples import tiny_splits
 
-    def sample(frames, n):
-        return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
-
-    sentiment = corpus.build_split("sentiment", sample(corpus.default_sentiment_frames(), 120), val_fraction=0.2, seed=1)
-    topic = corpus.build_split("topic", sample(corpus.default_topic_frames(), 12), val_fraction=0.2, seed=1)
+    sentiment, topic = tiny_splits(120, 12)
     out = tmp_path_factory.mktemp("tiny-model")
     config = TrainConfig(out=out, mode="lora", max_length=32, batch_size=32, epochs=3, max_steps=60,
                          evals_per_epoch=1, patience=10, progress=False, seed=3)

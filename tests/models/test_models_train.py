@@ -9,6 +9,7 @@ import torch
 from models.metrics import classification_report
 from models.network import ADAPTER_FILE, CONFIG_FILE, HEADS_FILE
 from models.scorer import Scorer
+from tests.models.samples import tiny_splits
 
 
 def test_tiny_training_beats_chance(tiny_model):
@@ -48,15 +49,10 @@ def test_full_mode_training_writes_an_encoder_the_scorer_loads(tmp_path):
     """`--mode full` end to end: a few optimizer steps move the encoder, and the folder scores like training saw."""
     from safetensors.torch import load_file
 
-    from models import corpus
     from models.network import ENCODER_FILE, load_model, new_network
     from models.train import TrainConfig, train
 
-    def sample(frames, n):
-        return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
-
-    sentiment = corpus.build_split("sentiment", sample(corpus.default_sentiment_frames(), 20), val_fraction=0.2, seed=1)
-    topic = corpus.build_split("topic", sample(corpus.default_topic_frames(), 3), val_fraction=0.2, seed=1)
+    sentiment, topic = tiny_splits(20, 3)
     config = TrainConfig(out=tmp_path, mode="full", max_length=24, batch_size=16, epochs=1, max_steps=4,
                          evals_per_epoch=1, patience=10, progress=False, seed=3, lr_encoder=1e-3)
     result = train(config, sentiment=sentiment, topic=topic)
@@ -90,14 +86,10 @@ def test_checkpoint_averaging_writes_the_mean_of_the_last_evaluations(tmp_path, 
     evaluations, calibrated and loadable, next to the best single checkpoint in OUT."""
     from safetensors.torch import load_file
 
-    from models import corpus, train as train_module
+    from models import train as train_module
     from models.train import AVERAGED_DIR, TrainConfig, train
 
-    def sample(frames, n):
-        return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
-
-    sentiment = corpus.build_split("sentiment", sample(corpus.default_sentiment_frames(), 12), val_fraction=0.2, seed=1)
-    topic = corpus.build_split("topic", sample(corpus.default_topic_frames(), 5), val_fraction=0.2, seed=1)
+    sentiment, topic = tiny_splits(12, 5)
     seen = []
     real = train_module.average_state_dicts
     monkeypatch.setattr(train_module, "average_state_dicts", lambda states: seen.append(states) or real(states))

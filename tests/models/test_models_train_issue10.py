@@ -10,22 +10,17 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from models import corpus
 from models.corpus import Split
 from models.entity import entity_eval, entity_splits
 from models.evaluate_ood import comments_split
 from models.scorer import Scorer
 from models.train import TrainConfig, train
-
-
-def _sample(frames, n):
-    return [f.groupby("label").sample(n=n, random_state=0).reset_index(drop=True) for f in frames]
+from tests.models.samples import tiny_splits
 
 
 def issue10_data():
     """Small samples of every training set issue 10 uses (sentiment, topic, entity pairs, comments) and the entity test rows."""
-    sentiment = corpus.build_split("sentiment", _sample(corpus.default_sentiment_frames(), 40), val_fraction=0.2, seed=1)
-    topic = corpus.build_split("topic", _sample(corpus.default_topic_frames(), 4), val_fraction=0.2, seed=1)
+    sentiment, topic = tiny_splits(40, 4)
     split, test = entity_splits(seed=13)
     entity = Split(task="entity", train=split.train.groupby("label").sample(n=60, random_state=0),
                    val=split.val.groupby("label").sample(n=15, random_state=0))
