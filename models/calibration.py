@@ -92,10 +92,10 @@ def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
         logits = head_logits(scorer, split.val["text"].tolist(), task)
         report["validation"][task] = head_calibration(logits, split.val["label"].tolist(), list(TASKS[task]),
                                                       shipped_temperature=float(scorer.temperature.get(task, 1.0)))
-    if "entity" in scorer.labels:
-        # The entity head on its own pairs: validation (where its T was fit) and the held-out test rows.
-        from models.entity import ENTITY_TASK, entity_splits, pair_texts
+    from models.entity import ENTITY_TASK, entity_splits, has_entity_head, pair_texts
 
+    if has_entity_head(scorer):
+        # The entity head on its own pairs: validation (where its T was fit) and the held-out test rows.
         entity_split, entity_test = entity_splits(seed=seed, sentence_val_fraction=val_fraction)
         mark = scorer.entity_input["mark"]
         names = list(scorer.labels[ENTITY_TASK])

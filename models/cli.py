@@ -39,6 +39,9 @@ def cli() -> None:
 @click.option("--lora-alpha", type=int, default=32, show_default=True)
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
               help="Label smoothing of the labelled heads' cross-entropy.")
+@click.option("--class-weight-power", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Class balance of every loss: weights (mean count / count) ^ POWER; 0 is plain cross-entropy, "
+                   "1 weighs each class the same in total.")
 @click.option("--seed", type=int, default=13, show_default=True, help="Seed of training (and of the splits).")
 @click.option("--split-seed", type=int, default=None,
               help="Seed of the data splits, when it differs from --seed (to compare training seeds on one split).")
@@ -69,7 +72,7 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,
-                  batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, label_smoothing, seed, split_seed, val_fraction,
+                  batch_size, max_length, lr_encoder, lr_heads, lora_r, lora_alpha, class_weight_power, label_smoothing, seed, split_seed, val_fraction,
                   test_share, evals_per_epoch, patience, limit, with_comments, comment_weight, with_entities, average_last,
                   teacher, distill_weight, entity_mark, entity_pooling, threads, no_progress) -> None:
     """Train the two-head model (three with --with-entities) and write it (LoRA adapter or encoder, heads, config) to --out."""
@@ -110,7 +113,7 @@ def train_command(mode, out, base, sentiment_data, text_column, label_column, la
         out=out, mode=mode, base=base or DEFAULT_BASE, seed=seed, split_seed=split_seed, val_fraction=val_fraction, test_share=test_share,
         max_length=max_length,
         batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr_encoder=lr_encoder, lr_heads=lr_heads,
-        lora_r=lora_r, lora_alpha=lora_alpha, label_smoothing=label_smoothing, evals_per_epoch=evals_per_epoch, patience=patience,
+        lora_r=lora_r, lora_alpha=lora_alpha, class_weight_power=class_weight_power, label_smoothing=label_smoothing, evals_per_epoch=evals_per_epoch, patience=patience,
         sentiment_source=source, progress=not no_progress, threads=threads, comment_weight=comment_weight,
         comments_source="bundled: StockTwits self-tagged comments, training part" if with_comments else None,
         entity_source="bundled: SEntFiN entity rows, training headlines" if with_entities else None,

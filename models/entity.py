@@ -59,7 +59,11 @@ def mark_mentions(entity: str, text: str) -> str:
 def pair_text(entity: str, text: str, *, mark: bool = False) -> str:
     """The one sequence the entity head reads: ``entity [SEP] text`` (special-token literals in the inputs removed;
     with ``mark`` the entity's mentions in the text wrapped in ``« »``)."""
-    entity, text = _strip_special(entity), _strip_special(text)
+    return _join(_strip_special(entity), _strip_special(text), mark=mark)
+
+
+def _join(entity: str, text: str, *, mark: bool) -> str:
+    """``pair_text`` of an entity and a text already stripped of special-token literals."""
     return f"{entity} [SEP] {mark_mentions(entity, text) if mark else text}"
 
 
@@ -148,10 +152,11 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
     if len(texts) != len(entities):
         raise ValueError(f"{len(texts)} texts but {len(entities)} entities")
     n = len(texts)
-    readable = [isinstance(t, str) and isinstance(e, str) and model_text(t) != "" and _strip_special(e) != ""
-                for t, e in zip(texts, entities, strict=True)]
+    # cleaned once: a pair is readable when both its entity and its text keep something
+    cleaned = [(_strip_special(e), _strip_special(t)) if isinstance(t, str) and isinstance(e, str) else ("", "")
+               for t, e in zip(texts, entities, strict=True)]
     mark = scorer.entity_input["mark"]
-    pairs = [pair_text(e, t, mark=mark) if ok else None for t, e, ok in zip(texts, entities, readable, strict=True)]
+    pairs = [_join(e, t, mark=mark) if e and t else None for e, t in cleaned]
     distributions, truncated = scorer.probabilities(pairs, max_chunks=1)
     probs = distributions[ENTITY_TASK]
     ok = ~np.isnan(probs).any(1)

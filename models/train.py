@@ -31,7 +31,7 @@ from models.entity import pair_texts
 from models.network import (DEFAULT_BASE, ENTITY_TASK, LORA_TARGETS, MODEL_NAME, MultiHeadEncoder, bf16_supported,
                             model_version, new_network, save_model)
 from models.scorer import autocast_context, batched_logits
-from models.weak_labels import binary_tag_loss, tag_ids, tag_weights
+from models.weak_labels import binary_tag_loss, class_weights, tag_ids
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -148,12 +148,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _class_weights(labels: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
-    counts = np.bincount(labels[labels != IGNORE], minlength=n_classes).astype(float)
-    weights = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1) / n_classes) ** power, 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def _batches(lengths: np.ndarray, *, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar length: shuffle, sort within pools of 50 batches, shuffle batches.
 
@@ -251,12 +245,12 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
     lengths = np.array([len(x) for x in encoded])
     targets = {task: np.where(table["task"] == task, table["y"], IGNORE).astype(np.int64) for task in labels}
     comment_tags = np.where(table["task"] == "comments", table["y"], IGNORE).astype(np.int64)
-    comment_weights = tag_weights(comment_tags, power=config.class_weight_power).to(device)
+    comment_weights = class_weights(comment_tags, 2, power=config.class_weight_power).to(device)
     soft = teacher_targets(config.teacher, table, device=device) if config.teacher else {}
     teacher_record = {"teacher_version": model_version(Path(config.teacher))} if config.teacher else {}
     losses = {
         task: torch.nn.CrossEntropyLoss(
-            weight=_class_weights(targets[task], len(names), config.class_weight_power).to(device),
+            weight=class_weights(targets[task], len(names), power=config.class_weight_power).to(device),
             ignore_index=IGNORE,
             label_smoothing=config.label_smoothing,
         )

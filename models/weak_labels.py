@@ -27,11 +27,14 @@ def tag_ids(labels: pd.Series | list[str]) -> np.ndarray:
     return values.map(TAG_IDS).to_numpy(dtype=np.int64)
 
 
-def tag_weights(tags: np.ndarray, *, power: float = 0.5) -> torch.Tensor:
-    """Per-tag weights (negative, positive): (mean count / count) ^ power over the tagged rows."""
-    tags = tags[tags != IGNORE]
-    counts = np.bincount(tags, minlength=2).astype(float)
-    weights = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1) / 2) ** power, 0.0)
+def class_weights(labels: np.ndarray, n_classes: int, *, power: float) -> torch.Tensor:
+    """Per-class loss weights (mean count / count) ^ power over the labelled rows (``IGNORE`` skipped).
+
+    power 0 is plain cross-entropy, 1 makes every class weigh the same in total; a class with no rows gets 0.
+    Training weighs its labelled heads and the weak tags (2 classes: negative, positive) with it.
+    """
+    counts = np.bincount(labels[labels != IGNORE], minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1) / n_classes) ** power, 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 

@@ -77,10 +77,11 @@ def test_train_on_user_data_then_predict_with_it(tmp_path):
     result = CliRunner().invoke(cli, [
         "train", "--sentiment-data", str(mine), "--text-column", "body", "--label-column", "y",
         "--label-map", "bear=negative,flat=neutral,bull=positive", "--out", str(out), "--limit", "90",
-        "--max-steps", "4", "--max-length", "24", "--evals-per-epoch", "1", "--no-progress"])
+        "--max-steps", "4", "--max-length", "24", "--evals-per-epoch", "1", "--class-weight-power", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["sentiment_source"] == "user: mine.csv"
+    assert config["train"]["class_weight_power"] == 1.0
     # 10% of 30 per label held out, carved per label; half of that is the test split training never reads
     assert config["train"]["val_rows"]["sentiment"] + config["train"]["test_rows"]["sentiment"] == 9
     assert config["train"]["test_rows"]["sentiment"] >= 3 and config["train"]["test_share"] == 0.5

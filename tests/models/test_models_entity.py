@@ -47,10 +47,10 @@ def test_entity_split_is_by_headline_and_holds_out_the_sentence_validation_headl
 
 def test_score_pairs_reads_each_entity_separately():
     scorer = KeywordEntityScorer(WEIGHTS)
-    arrays = score_pairs(scorer, ["Gold shines on demand; Silver dull", "Gold shines on demand; Silver dull", None, "x"],
-                         ["Gold", "Silver", "Gold", " "])
-    assert arrays.sentiment.tolist() == ["positive", "negative", None, None]
-    assert arrays.status.tolist() == ["ok", "ok", "empty", "empty"]
+    arrays = score_pairs(scorer, ["Gold shines on demand; Silver dull", "Gold shines on demand; Silver dull", None, "x",
+                                  " [SEP] [CLS] "], ["Gold", "Silver", "Gold", " ", "Gold"])
+    assert arrays.sentiment.tolist() == ["positive", "negative", None, None, None]
+    assert arrays.status.tolist() == ["ok", "ok", "empty", "empty", "empty"]  # nothing left once the literals go
     assert np.isnan(arrays.p_negative[2]) and arrays.p_negative[1] > 0.5
     assert len(scorer.calls) == 1  # one batch for all pairs
     with pytest.raises(ValueError, match="2 texts but 1 entities"):

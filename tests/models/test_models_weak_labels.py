@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.weak_labels import IGNORE, binary_tag_loss, tag_ids, tag_weights
+from models.weak_labels import IGNORE, binary_tag_loss, class_weights, tag_ids
 
 
 def test_loss_is_bce_of_the_polar_margin_and_leaves_neutral_alone():
@@ -26,8 +26,10 @@ def test_loss_is_bce_of_the_polar_margin_and_leaves_neutral_alone():
 
 def test_weights_even_out_the_skew_and_no_tags_give_zero():
     tags = np.array([1] * 50 + [0] * 10 + [IGNORE] * 5)
-    w = tag_weights(tags, power=1.0)
+    w = class_weights(tags, 2, power=1.0)
     assert float(w[0] * 10) == pytest.approx(float(w[1] * 50))  # both tags weigh the same in total
+    assert class_weights(tags, 2, power=0.0).tolist() == [1.0, 1.0]  # power 0: plain cross-entropy
+    assert class_weights(tags, 3, power=1.0)[2] == 0.0  # a class without rows weighs nothing
     logits = torch.zeros(3, 3, requires_grad=True)
     loss = binary_tag_loss(logits, torch.full((3,), IGNORE))
     assert float(loss.detach()) == 0.0
