@@ -158,16 +158,22 @@ def _print_report(report: dict, *, title: str) -> None:
               help="Model folder (default: FINPULSE_MODEL_DIR or the shipped model).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the metrics here as JSON.")
+@click.option("--by", "group_column", default=None,
+              help="Also report accuracy and macro-F1 per value of this column (e.g. `source` in the files "
+                   "`finpulse model split` writes: tweets and SEntFiN headlines apart).")
 @click.option("--threads", type=int, default=None)
-def eval_command(data_path, text_column, label_column, task, label_map, model_dir, json_out, threads) -> None:
+def eval_command(data_path, text_column, label_column, task, label_map, model_dir, json_out, group_column, threads) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix of one head on a labelled file."""
     from models import corpus
     from models.metrics import classification_report
     from models.scorer import Scorer
 
     _threads(threads)
-    frame = corpus.labelled_frame(data_path, text_column=text_column, label_column=label_column, task=task,
-                                label_map=corpus.parse_label_map(label_map))
+    try:
+        frame = corpus.labelled_frame(data_path, text_column=text_column, label_column=label_column, task=task,
+                                    label_map=corpus.parse_label_map(label_map), group_column=group_column)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     scorer = Scorer.load(model_dir)
     predictions = scorer.score(frame["text"].tolist())
     predicted = [getattr(p, task) for p in predictions]
@@ -175,7 +181,16 @@ def eval_command(data_path, text_column, label_column, task, label_map, model_di
     report = classification_report([frame["label"][i] for i in keep], [predicted[i] for i in keep],
                                    labels=scorer.labels[task])
     report.update({"task": task, "data": str(data_path), "model_version": scorer.version})
+    if group_column:
+        report["by"] = {"column": group_column, "groups": {}}
+        for group in sorted(frame["group"].unique()):
+            rows = [i for i in keep if frame["group"][i] == group]
+            part = classification_report([frame["label"][i] for i in rows], [predicted[i] for i in rows],
+                                         labels=scorer.labels[task])
+            report["by"]["groups"][group] = {k: part[k] for k in ("n", "accuracy", "macro_f1")}
     _print_report(report, title=f"{task} on {data_path.name}")
+    for group, part in (report.get("by") or {}).get("groups", {}).items():
+        click.echo(f"{group_column}={group}: n={part['n']} accuracy={part['accuracy']:.4f} macro_f1={part['macro_f1']:.4f}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -132,10 +132,12 @@ def labelled_frame(
     task: str,
     label_map: dict[str, str] | None = None,
     drop_labels: tuple[str, ...] = (),
+    group_column: str | None = None,
 ) -> pd.DataFrame:
-    """Read a labelled file into the ``text, label, source`` frame (rows with empty text dropped)."""
+    """Read a labelled file into the ``text, label, source`` frame (rows with empty text dropped); with
+    ``group_column``, that column of the file comes along as ``group``."""
     table = read_table(path)
-    missing = {text_column, label_column} - set(table.columns)
+    missing = {text_column, label_column, *([group_column] if group_column else [])} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}; has {list(table.columns)}")
     table = table[~table[label_column].astype(str).str.strip().isin(drop_labels)]
@@ -146,6 +148,8 @@ def labelled_frame(
             "source": Path(path).name,
         }
     )
+    if group_column:
+        frame["group"] = table[group_column].astype(str).values
     return frame[frame["text"].str.strip() != ""].reset_index(drop=True)
 
 

@@ -92,3 +92,23 @@ def test_train_on_user_data_then_predict_with_it(tmp_path):
     frame = pd.read_csv(predicted)
     assert len(frame) == 90 and set(frame["sentiment"]) <= {"negative", "neutral", "positive"}
     assert frame["model_version"].str.startswith("finpulse-minilm-lora-").all()
+
+
+def test_eval_by_group_reports_each_group_apart(tmp_path):
+    source = tmp_path / "labelled.csv"
+    pd.DataFrame({"text": ["", "Shares plunge after the company misses earnings and cuts guidance",
+                           "The company will hold its annual general meeting on Tuesday",
+                           "Profit jumps 40% on record sales; analysts upgrade the stock"],
+                  "label": ["positive", "negative", "positive", "positive"],  # the meeting is not positive
+                  "source": ["chat", "news", "chat", "news"]}).to_csv(source, index=False)
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(cli, ["eval", "--data", str(source), "--by", "source", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n"] == 3 and report["by"]["column"] == "source"
+    # the empty text is dropped with its group value, so the groups stay aligned with their rows
+    assert report["by"]["groups"]["news"] == {"n": 2, "accuracy": 1.0, "macro_f1": 1.0}
+    assert report["by"]["groups"]["chat"]["n"] == 1 and report["by"]["groups"]["chat"]["accuracy"] == 0.0
+    assert "source=chat: n=1 accuracy=0.0000" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--data", str(source), "--by", "venue"])
+    assert result.exit_code != 0 and "missing columns ['venue']" in result.output
