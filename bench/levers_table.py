@@ -9,11 +9,16 @@ import argparse
 import json
 from pathlib import Path
 
+TWEETS, HEADLINES = "twitter_financial_news_sentiment_train.csv.gz", "sentfin_headlines.csv.gz"
+
 COLUMNS = [
     ("train s", lambda r: r["train_seconds"]),
+    ("val score", lambda r: r["validation_score"]),
     ("sent test acc", lambda r: r["sentiment_test"]["accuracy"]),
     ("sent test F1", lambda r: r["sentiment_test"]["macro_f1"]),
     ("sent val F1", lambda r: r["sentiment_val"]["macro_f1"]),
+    ("tweets test F1", lambda r: r["sentiment_test"]["by"]["groups"][TWEETS]["macro_f1"]),
+    ("SEntFiN test acc", lambda r: r["sentiment_test"]["by"]["groups"][HEADLINES]["accuracy"]),
     ("topic test acc", lambda r: r["topic_test"]["accuracy"]),
     ("topic val acc", lambda r: r["topic_val"]["accuracy"]),
     ("2020 acc", lambda r: r["ood"]["three_class"]["stock_market_tweets_2020.csv"]["accuracy"]),
@@ -43,8 +48,11 @@ def load_run(folder: Path) -> dict | None:
     if not (reports / "entity.json").is_file():
         return None
     run = {path.stem: json.loads(path.read_text()) for path in reports.glob("*.json")}
-    config = folder / "model" / "config.json"
-    run["train_seconds"] = json.loads(config.read_text())["train"]["seconds"] if config.is_file() else None
+    config = json.loads((folder / "model" / "config.json").read_text()) if (folder / "model" / "config.json").is_file() else None
+    run["train_seconds"] = config["train"]["seconds"] if config else None
+    # what training selects checkpoints on: the mean of the heads' validation macro-F1
+    heads = config["metrics"]["validation"].values() if config else []
+    run["validation_score"] = sum(m["macro_f1"] for m in heads) / len(heads) if heads else None
     run["model_version"] = run["sentiment_test"]["model_version"]
     return run
 
