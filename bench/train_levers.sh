@@ -9,6 +9,8 @@
 #   full_seed7_avg (evaluated only: the checkpoint average full_seed7 writes, --average-last 3)
 #   teacher_mpnet (all-mpnet-base-v2 from bench/fetch_teacher.sh, 1 epoch, no entity head)
 #   full_distill (full_mark distilled from teacher_mpnet)
+#   full_cw0, full_cw1 (full_mark with class weights inverse frequency ^ 0 (plain CE) and ^ 1; full_mark has ^ 0.5)
+#   full_len128 (full_mark reading up to 128 word pieces instead of 64)
 #   (full and lora read entity pairs as round 2 did, unmarked; the others mark the entity's mentions)
 # bench/levers_table.py OUT_DIR prints the table. Reads ../shared (evaluation data), so it lives in bench/.
 set -euo pipefail
@@ -38,6 +40,9 @@ for run in "${RUNS[@]}"; do
     full_nocomments) args=("${recipe[@]}" --mode full --entity-mark) ;;
     teacher_mpnet)   args=(--epochs 1 --mode full --with-comments --base "$(bench/fetch_teacher.sh)") ;;
     full_distill)    args=("${recipe[@]}" --mode full --with-comments --entity-mark --teacher "$OUT/teacher_mpnet/model") ;;
+    full_cw0)        args=("${recipe[@]}" --mode full --with-comments --entity-mark --class-weight-power 0) ;;
+    full_cw1)        args=("${recipe[@]}" --mode full --with-comments --entity-mark --class-weight-power 1) ;;
+    full_len128)     args=("${recipe[@]}" --mode full --with-comments --entity-mark --max-length 128) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   dir=$OUT/$run
@@ -52,7 +57,7 @@ for run in "${RUNS[@]}"; do
   for task in sentiment topic; do
     for part in test val; do
       $F model eval --model "$model" --task $task --data "$OUT/split/${task}_${part}.csv" \
-        --json "$r/${task}_${part}.json" --threads "$THREADS" >/dev/null
+        --by source --json "$r/${task}_${part}.json" --threads "$THREADS" >/dev/null
     done
   done
   $F model eval-ood --model "$model" --three-class "$SHARED/replay/stock_market_tweets_2020.csv" \
