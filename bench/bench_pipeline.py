@@ -232,10 +232,15 @@ def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> d
             "SELECT min(started_at) AS a, max(finished_at) AS b, sum(n_scored) AS n, count(*) AS batches "
             "FROM pipeline_batches WHERE status = 'committed' AND query_name = 'bench' AND batch_id > :w "
             "AND n_input > 0"), {"w": warm_batches}).mappings().one()
+        # the entity head's share of the work: (document, ticker) links it scored in those documents
+        links = conn.execute(sa.text(
+            "SELECT count(*) AS links, count(sentiment) AS scored FROM document_entities "
+            "WHERE document_id LIKE 'e2e-%'")).mappings().one()
     engine.dispose()
     seconds = (row["b"] - row["a"]).total_seconds()
     n = count_documents(settings, "e2e-")
     return {"docs": n, "seconds": round(seconds, 3), "docs_per_s": round(n / seconds, 1), "batches": row["batches"],
+            "entity_links": links["links"], "entity_links_scored": links["scored"],
             "python_worker_rss_mb_max": round(job.max_rss, 1), "topic": topic}
 
 
@@ -382,7 +387,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"| stage | figure |\n|---|---|\n"
           f"| (a) bare Scorer | {results['scorer']['texts_per_s']} texts/s |\n"
-          f"| (b) pipeline Kafka -> Postgres | {results['pipeline']['docs_per_s']} docs/s |\n"
+          f"| (b) pipeline Kafka -> Postgres | {results['pipeline']['docs_per_s']} docs/s "
+          f"({results['pipeline']['entity_links_scored']} of {results['pipeline']['entity_links']} entity links scored) |\n"
           + (f"| (c) naive UDF + JDBC | {results['naive']['docs_per_s']} docs/s |\n" if "naive" in results else "")
           + f"| (b)/(a) | {results['ratios']['pipeline_over_scorer']} |\n"
           + (f"| (b)/(c) | {results['ratios']['pipeline_over_naive']} |\n" if "naive" in results else "")
