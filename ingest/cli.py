@@ -127,7 +127,7 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
     from ingest.errors import BrokerUnavailable, ConfigError, PublishError
     from ingest.normalize import resolve_timezone
     from ingest.producer import make_sink, require_broker
-    from ingest.replay import Columns, check_file, replay
+    from ingest.replay import Columns, ReplayStats, check_file, replay
 
     if rate is not None and speedup is not None:
         raise click.UsageError("give --rate or --speedup, not both")
@@ -161,19 +161,22 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
         raise KeyboardInterrupt  # unwinds to the finally below, which flushes
 
     signal.signal(signal.SIGTERM, on_signal)
+    stats = ReplayStats()  # filled as the replay goes, so an interrupt can still say how far it got
+    state_dir = state_dir or settings.home / "ingest" / "replay"
     try:
-        stats = replay(file, sink=sink, source=source or file.stem.replace(" ", "_"), kind=kind, columns=columns,
-                       fmt=fmt, tz=tz, rate=rate, speedup=speedup, shift_to_now=shift_to_now, anchor=anchor,
-                       lang=fixed, detect_lang=detect, missing_time=missing_time, html=html, limit=limit,
-                       progress=progress, workers=workers, dead_letters=dead_letters,
-                       encoding_errors=encoding_errors, resume=resume,
-                       state_dir=state_dir or settings.home / "ingest" / "replay")
+        replay(file, sink=sink, source=source or file.stem.replace(" ", "_"), kind=kind, columns=columns,
+                fmt=fmt, tz=tz, rate=rate, speedup=speedup, shift_to_now=shift_to_now, anchor=anchor,
+                lang=fixed, detect_lang=detect, missing_time=missing_time, html=html, limit=limit,
+                progress=progress, workers=workers, dead_letters=dead_letters,
+                encoding_errors=encoding_errors, resume=resume, state_dir=state_dir, stats=stats)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except PublishError as exc:
         raise click.ClickException(f"delivery failed: {exc}") from None
     except KeyboardInterrupt:
-        click.echo("interrupted: flushing what was sent", err=True)
+        click.echo(f"interrupted: of {stats.rows} rows read, {stats.published} published (acknowledged so far), "
+                   f"{stats.dead_lettered} dead-lettered; flushing what was sent. `--resume` continues after the "
+                   f"acknowledged position saved in {state_dir}", err=True)
         sys.exit(130)
     finally:
         try:

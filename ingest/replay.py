@@ -703,17 +703,20 @@ def replay(
     resume: bool = False,
     checkpoint_every: int = 1_000,
     checkpoint_seconds: float = 1.0,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
     """Publish the rows of ``path`` in event-time order, rejected rows to ``dead_letters``; return the account.
 
     Raises ConfigError for a file that cannot be replayed (before anything is sent) and
-    PublishError if documents or dead letters cannot be delivered after retries.
+    PublishError if documents or dead letters cannot be delivered after retries. ``stats``, when
+    given, is filled as the replay goes: after an interrupt it holds the account so far
+    (``published`` counts the acknowledgements harvested up to then).
     """
     path = Path(path)
     info = check_file(path, fmt=fmt, columns=columns)
     if columns.time is None and info.time_column is not None:
         columns = Columns(**{**columns.__dict__, "time": info.time_column})
-    stats = ReplayStats()
+    stats = ReplayStats() if stats is None else stats
     started = time.perf_counter()
     rows: Iterable[Row] = read_rows(path, fmt=info.fmt, encoding_errors=encoding_errors, time_column=columns.time)
     if limit is not None:

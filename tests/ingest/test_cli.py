@@ -56,6 +56,43 @@ def test_replay_into_broker(stack, unique_topic, tmp_path):
     assert all(d.lang == "en" and d.extra["replay"] is True for d in docs)
 
 
+def test_replay_stopped_by_sigterm_says_how_far_it_got_and_resume_finishes(stack, unique_topic, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = tmp_path / "slow.csv"
+    path.write_text("id,created_at,text\n" + "".join(f"{i},2020-04-09 00:{i // 60:02d}:{i % 60:02d}+00:00,row {i}\n"
+                                                    for i in range(400)))
+    state = tmp_path / "state"
+    args = [str(Path(sys.executable).with_name("finpulse")), "ingest", "replay", str(path), "--topic", unique_topic,
+            "--id-column", "id", "--source", "tw", "--lang", "en", "--no-progress", "--partitions", "1",
+            "--dead-letter-topic", f"{unique_topic}.dead", "--state-dir", str(state)]
+    proc = subprocess.Popen(args + ["--rate", "40"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60  # a safety net against a hung test, not a performance bound
+        while time.monotonic() < deadline and proc.poll() is None:  # stop it once a position is saved
+            saved = [json.loads(f.read_text()) for f in state.glob("replay-*.json")] if state.exists() else []
+            if saved and saved[0]["done"] > 0:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted: of 400 rows read, " in output and f"saved in {state}" in output
+    published = int(output.split("rows read, ")[1].split(" published")[0])
+    assert 0 < published < 400
+    rest = subprocess.run(args + ["--rate", "10000", "--resume"], capture_output=True, text=True, timeout=120)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert {d.id for _, d in consume_all(stack, unique_topic)} == {f"tw:{i}" for i in range(400)}  # nothing lost
+
+
 def test_replay_shared_tweets_into_broker(stack, unique_topic, shared_data, tmp_path):
     path = shared_data / "replay" / "stock_market_tweets_2020.csv"
     result = CliRunner().invoke(
