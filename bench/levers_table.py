@@ -48,7 +48,8 @@ def load_run(folder: Path) -> dict | None:
     if not (reports / "entity.json").is_file():
         return None
     run = {path.stem: json.loads(path.read_text()) for path in reports.glob("*.json")}
-    config = json.loads((folder / "model" / "config.json").read_text()) if (folder / "model" / "config.json").is_file() else None
+    config_path = folder / "model" / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
     run["train_seconds"] = config["train"]["seconds"] if config else None
     # what training selects checkpoints on: the mean of the heads' validation macro-F1
     heads = config["metrics"]["validation"].values() if config else []

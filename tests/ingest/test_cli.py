@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import yaml
 from click.testing import CliRunner
 
@@ -17,6 +25,22 @@ CSV = """id,created_at,text,cashtags
 2,2020-04-09 00:00:20+00:00,second,$TSLA
 4,,no time,
 """
+FINPULSE = str(Path(sys.executable).with_name("finpulse"))
+
+
+def _sigterm_when(proc: subprocess.Popen, ready: Callable[[], bool], *, within: float) -> str:
+    """Poll ``ready()`` until it holds or the process ends (``within`` seconds at most: a safety net
+    against a hung test, not a performance bound), then SIGTERM the process and return its output;
+    it is killed if it outlives that."""
+    try:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_help_lists_commands():
@@ -57,33 +81,20 @@ def test_replay_into_broker(stack, unique_topic, tmp_path):
 
 
 def test_replay_stopped_by_sigterm_says_how_far_it_got_and_resume_finishes(stack, unique_topic, tmp_path):
-    import json
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     path = tmp_path / "slow.csv"
     path.write_text("id,created_at,text\n" + "".join(f"{i},2020-04-09 00:{i // 60:02d}:{i % 60:02d}+00:00,row {i}\n"
                                                     for i in range(400)))
     state = tmp_path / "state"
-    args = [str(Path(sys.executable).with_name("finpulse")), "ingest", "replay", str(path), "--topic", unique_topic,
+    args = [FINPULSE, "ingest", "replay", str(path), "--topic", unique_topic,
             "--id-column", "id", "--source", "tw", "--lang", "en", "--no-progress", "--partitions", "1",
             "--dead-letter-topic", f"{unique_topic}.dead", "--state-dir", str(state)]
     proc = subprocess.Popen(args + ["--rate", "40"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60  # a safety net against a hung test, not a performance bound
-        while time.monotonic() < deadline and proc.poll() is None:  # stop it once a position is saved
-            saved = [json.loads(f.read_text()) for f in state.glob("replay-*.json")] if state.exists() else []
-            if saved and saved[0]["done"] > 0:
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def a_position_is_saved() -> bool:
+        saved = [json.loads(f.read_text()) for f in state.glob("replay-*.json")] if state.exists() else []
+        return bool(saved) and saved[0]["done"] > 0
+
+    output = _sigterm_when(proc, a_position_is_saved, within=60)
     assert proc.returncode == 130, output
     assert "interrupted: of 400 rows read, " in output and f"saved in {state}" in output
     published = int(output.split("rows read, ")[1].split(" published")[0])
@@ -145,12 +156,6 @@ def _published(metrics_text: str) -> float:
 
 
 def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, http_server, tmp_path, monkeypatch):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     import httpx
 
     monkeypatch.setenv("FP_FORUM_TOKEN", "t0ken")
@@ -161,30 +166,23 @@ def test_crawl_daemon_serves_metrics_and_stops_on_sigterm(stack, unique_topic, h
     config_path = tmp_path / "sources.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    finpulse = Path(sys.executable).with_name("finpulse")
     proc = subprocess.Popen(
-        [str(finpulse), "ingest", "crawl", "--config", str(config_path), "--topic", unique_topic,
+        [FINPULSE, "ingest", "crawl", "--config", str(config_path), "--topic", unique_topic,
          "--dead-letter-topic", f"{unique_topic}.dead",
          "--state-dir", str(tmp_path / "state"), "--metrics-port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    try:
-        published = 0.0
-        deadline = time.monotonic() + 120  # a safety net against a hung test, not a performance bound
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                published = _published(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
-            except httpx.HTTPError:
-                pass
-            if published >= 13 and len(http_server.hits("/api/comments")) >= 6:  # >= 2 polls of the API
-                break
-            time.sleep(0.2)
-        assert published == 13, proc.stdout.read() if proc.poll() is not None else published
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    published = [0.0]
+
+    def all_published_and_polled_twice() -> bool:
+        try:
+            published[0] = _published(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+        except httpx.HTTPError:
+            pass
+        return published[0] >= 13 and len(http_server.hits("/api/comments")) >= 6  # >= 2 polls of the API
+
+    output = _sigterm_when(proc, all_published_and_polled_twice, within=120)
+    assert published[0] == 13, output
     assert proc.returncode == 0, output
     assert "crawler stopped" in output
     assert "poll source=forum fetched=7 published=4" in output  # the one-line summary per poll

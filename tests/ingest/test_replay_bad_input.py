@@ -177,22 +177,30 @@ class _Crash(Exception):
 
 
 class _CrashingSink(MemorySink):
-    """Acks like MemorySink, then dies (like kill -9: nothing after it runs) at send number ``at``."""
+    """Acks like MemorySink, then raises ``error`` at send number ``at``: ``_Crash`` acts like kill -9
+    (nothing after it runs), ``KeyboardInterrupt`` like Ctrl-C."""
 
-    def __init__(self, at: int):
+    def __init__(self, at: int, error: type[BaseException] = _Crash):
         super().__init__()
         self.at = at
+        self.error = error
 
     def send(self, doc, payload=None):
         if len(self.documents) + 1 == self.at:
-            raise _Crash
+            raise self.error
         super().send(doc, payload)
 
 
-def test_resume_continues_after_the_acknowledged_position(tmp_path):
+def _big_file(tmp_path):
+    """3,000 rows with ids 0..2999, then one row without a time."""
     path = tmp_path / "big.csv"
     path.write_bytes(HEADER + b"".join(_row(i % 60, f"tweet {i}").replace(f"{i % 60},".encode(), f"{i},".encode(), 1)
                                        for i in range(3_000)) + b"5000,,no time\n")
+    return path
+
+
+def test_resume_continues_after_the_acknowledged_position(tmp_path):
+    path = _big_file(tmp_path)
     state = tmp_path / "state"
     first = _CrashingSink(at=1_630)
     dead = MemoryDeadLetterSink()
@@ -220,26 +228,11 @@ def test_resume_continues_after_the_acknowledged_position(tmp_path):
                dead_letters=MemoryDeadLetterSink(), state_dir=state, resume=True)
 
 
-class _InterruptedSink(MemorySink):
-    """Acks like MemorySink; Ctrl-C arrives at send number ``at``."""
-
-    def __init__(self, at: int):
-        super().__init__()
-        self.at = at
-
-    def send(self, doc, payload=None):
-        if len(self.documents) + 1 == self.at:
-            raise KeyboardInterrupt
-        super().send(doc, payload)
-
-
 def test_an_interrupted_replay_leaves_its_account_so_far_in_the_stats_given(tmp_path):
-    path = tmp_path / "big.csv"
-    path.write_bytes(HEADER + b"".join(_row(i % 60, f"tweet {i}").replace(f"{i % 60},".encode(), f"{i},".encode(), 1)
-                                       for i in range(3_000)) + b"5000,,no time\n")
+    path = _big_file(tmp_path)
     stats = ReplayStats()
     with pytest.raises(KeyboardInterrupt):
-        replay(path, sink=_InterruptedSink(at=1_630), source="tw", columns=Columns(id="id"), detect_lang=False,
+        replay(path, sink=_CrashingSink(at=1_630, error=KeyboardInterrupt), source="tw", columns=Columns(id="id"), detect_lang=False,
                dead_letters=MemoryDeadLetterSink(), state_dir=tmp_path / "state", checkpoint_every=500,
                checkpoint_seconds=3600, stats=stats)
     # what the CLI prints after Ctrl-C: every row read, the acks harvested before it (at the 1,500th send)
