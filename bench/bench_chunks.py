@@ -1,6 +1,6 @@
 """What chunking costs and changes, and the model server against the in-process Scorer, in one run.
 
-1. **Chunking** on long pseudo-articles built from the bundled data (``models/data``): a title
+1. **Chunking** on long pseudo-articles built from the bundled data (``models/training/data``): a title
    and lead of 4 texts of one label (~60-90 word pieces, so chunk 1 is about the lead) followed
    by a body of 6-8 texts of another (``GROUPS``: neutral lead with a negative, positive or
    neutral body; negative or positive lead with a neutral body). Each article is scored with K=1
@@ -43,7 +43,7 @@ SEED = 0
 
 def labelled_texts() -> pd.DataFrame:
     """The bundled sentiment texts (tweets + SEntFiN headlines) with label names."""
-    from models import corpus
+    from models.training import corpus
 
     return pd.concat(corpus.default_sentiment_frames(), ignore_index=True)
 
@@ -140,7 +140,7 @@ def main() -> None:
     frame = labelled_texts()
     articles = pseudo_articles(args.articles, frame)
     texts = articles["text"].tolist()
-    from models.corpus import model_text
+    from models.text import model_text
 
     pieces = [len(ids) for ids in tokenizer([model_text(t) for t in texts], add_special_tokens=False)["input_ids"]]
     scorer.score_arrays(texts[:32])  # warm-up
@@ -182,7 +182,7 @@ def main() -> None:
     report["articles"] = {
         "n": len(texts),
         "construction": "title + 3 texts of the lead label, then 6-8 texts of the body label, a fifth of the "
-                        "articles per (lead, body) group; texts from models/data (tweets + SEntFiN headlines), seed 0",
+                        "articles per (lead, body) group; texts from models/training/data (tweets + SEntFiN headlines), seed 0",
         "word_pieces_mean": round(float(np.mean(pieces)), 1),
         "word_pieces_p90": int(np.percentile(pieces, 90)),
         "n_chunks_k4_mean": round(float(k4.n_chunks.mean()), 2),
@@ -195,7 +195,7 @@ def main() -> None:
 
     # 2. server vs in-process, same texts, same slices, one after the other
     if not args.no_server:
-        from models.corpus import DATA_DIR
+        from models.training.corpus import DATA_DIR
         from models.remote import RemoteScorer
 
         tweets = pd.read_csv(DATA_DIR / "twitter_financial_news_sentiment_train.csv.gz")["text"]

@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from models.corpus import model_text
+    from models.text import model_text
     from models.network import bf16_supported
     from models.scorer import Scorer
 

@@ -9,7 +9,7 @@ same split, seed, epochs and learning rates, and differs only in its entity inpu
 - ``mark_segment``: both.
 
 Scored on the held-out entity rows (all / mixed headlines; the copy-the-document-label baseline
-uses the shipped model) and on the entity checklist (``models/data/entity_checklist.yaml``).
+uses the shipped model) and on the entity checklist (``models/evaluation/data/entity_checklist.yaml``).
 Entity-only training is a proxy for the multi-task run (sentiment, topic and comments share the
 encoder there): it ranks the inputs cheaply (minutes per variant on 2 cores), and the chosen one is
 then trained the full way.
@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-from models.checklist import load_entity_cases, run_entity_checklist
-from models.entity import entity_eval, entity_splits
+from models.evaluation.checklist import load_entity_cases, run_entity_checklist
+from models.evaluation.entity_eval import entity_eval
+from models.training.entity_data import entity_splits
 from models.scorer import Scorer
-from models.train import TrainConfig, train
+from models.training.train import TrainConfig, train
 
 VARIANTS = {"mean": (False, "mean"), "mark": (True, "mean"), "segment": (False, "segment"),
             "mark_segment": (True, "segment")}

@@ -10,31 +10,22 @@ include ``entity``; ``score_pairs`` refuses a model without one rather than gues
 as one chunk of the model's max length with the entity first, so the entity is never cut off;
 text past the first chunk is not read (flagged ``truncated``).
 
-Data: SEntFiN 1.0 entity rows (``models/data/sentfin_entities.csv.gz``, MIT; one row per
-headline and entity). Held-out test headlines (never trained or tuned on) are the SEntFiN
-headlines of the sentence head's validation split (so the copy-the-document-label baseline is
-not flattered by headlines it trained on) plus a seeded share of the ``mixed`` headlines (whose
-entities disagree, the cases that matter; the sentence head never trains on them).
+Training data and its split: ``models.training.entity_data``; evaluation: ``models.evaluation.entity_eval``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from models import corpus
-from models.corpus import DATA_DIR, SENTIMENT_LABELS, Split, model_text
-from models.metrics import classification_report
 from models.network import ENTITY_TASK
 from models.scorer import ColumnArrays
+from models.text import model_text
 
-ENTITIES_FILE = DATA_DIR / "sentfin_entities.csv.gz"
-HEADLINES_FILE = DATA_DIR / "sentfin_headlines.csv.gz"
 _SPECIAL = ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")
 MARK_OPEN, MARK_CLOSE = "«", "»"  # one word piece each in the BERT vocabulary, and rare in financial text
 
@@ -70,47 +61,6 @@ def _join(entity: str, text: str, *, mark: bool) -> str:
 def pair_texts(frame: pd.DataFrame, *, mark: bool) -> list[str]:
     """``pair_text`` of each row of an entity frame (columns ``entity`` and ``title``)."""
     return [pair_text(e, t, mark=mark) for e, t in zip(frame["entity"], frame["title"], strict=True)]
-
-
-def entity_frame(entities_path: str | Path = ENTITIES_FILE, headlines_path: str | Path = HEADLINES_FILE) -> pd.DataFrame:
-    """One row per (headline, entity): ``s_no, title, entity, label, mixed, source``.
-
-    No model text here: how a pair is read depends on the model (``pair_texts``).
-    """
-    entities = corpus.read_table(entities_path)
-    headlines = corpus.read_table(headlines_path)[["s_no", "headline_label"]]
-    frame = entities.merge(headlines, on="s_no", how="left", validate="many_to_one")
-    frame["label"] = corpus.map_labels(frame["label"], task="sentiment").to_numpy()
-    frame["mixed"] = frame["headline_label"].str.strip().str.lower() == "mixed"
-    frame["source"] = Path(entities_path).name
-    return frame[["s_no", "title", "entity", "label", "mixed", "source"]].reset_index(drop=True)
-
-
-def _group_sample(titles: Sequence[str], fraction: float, seed: int) -> set[str]:
-    unique = np.array(sorted(set(titles)), dtype=object)
-    rng = np.random.default_rng(seed)
-    return set(rng.choice(unique, size=int(round(len(unique) * fraction)), replace=False).tolist())
-
-
-def entity_splits(*, seed: int = 13, sentence_val_fraction: float = 0.1, mixed_test_fraction: float = 0.2,
-                  val_fraction: float = 0.1, frame: pd.DataFrame | None = None) -> tuple[Split, pd.DataFrame]:
-    """(train/validation ``Split`` for training, held-out test rows), split by headline so no headline sits on two sides.
-
-    Test: the titles of the sentence head's SEntFiN validation split (``corpus.build_split`` with
-    the same seed and fraction) and ``mixed_test_fraction`` of the mixed headlines. Validation
-    (for checkpoint choice and the temperature): ``val_fraction`` of the remaining headlines.
-    """
-    frame = entity_frame() if frame is None else frame
-    sentfin = corpus.default_sentiment_frames()[1]
-    sentence_val_titles = set(corpus.stratified_split(sentfin, val_fraction=sentence_val_fraction, seed=seed)[1]["text"])
-    mixed_titles = frame.loc[frame["mixed"], "title"]
-    test_titles = sentence_val_titles | _group_sample(mixed_titles, mixed_test_fraction, seed)
-    is_test = frame["title"].isin(test_titles)
-    rest = frame[~is_test]
-    val_titles = _group_sample(rest["title"], val_fraction, seed + 1)
-    is_val = rest["title"].isin(val_titles)
-    split = Split(task=ENTITY_TASK, train=rest[~is_val].reset_index(drop=True), val=rest[is_val].reset_index(drop=True))
-    return split, frame[is_test].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -169,31 +119,3 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
                         p_positive=column["positive"], truncated=np.asarray(truncated, dtype=bool))
 
 
-def _report(y_true, y_pred) -> dict:
-    r = classification_report(list(y_true), list(y_pred), labels=list(SENTIMENT_LABELS))
-    return {k: r[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")}
-
-
-def entity_eval(scorer, test: pd.DataFrame, *, document_scorer=None) -> dict:
-    """Accuracy / macro-F1 on held-out entity rows, overall and on mixed headlines: the entity head (when the
-    model has one) against copying the document-level sentiment of the headline to every entity.
-
-    ``document_scorer`` gives the document label (default: ``scorer``).
-    """
-    document_scorer = document_scorer or scorer
-    titles = test["title"].tolist()
-    document = document_scorer.score_arrays(titles)
-    subsets = {"all": np.ones(len(test), dtype=bool), "mixed": test["mixed"].to_numpy(),
-               "not_mixed": ~test["mixed"].to_numpy()}
-    result: dict = {"n_rows": len(test), "n_headlines": int(test["title"].nunique()),
-                    "n_mixed_rows": int(test["mixed"].sum()), "document_model_version": document_scorer.version,
-                    "copy_document_label": {}, "entity_head": None}
-    gold = test["label"].to_numpy()
-    for name, mask in subsets.items():
-        result["copy_document_label"][name] = _report(gold[mask], document.sentiment[mask])
-    if has_entity_head(scorer):
-        arrays = score_pairs(scorer, titles, test["entity"].tolist())
-        result["entity_head"] = {"model_version": scorer.version}
-        for name, mask in subsets.items():
-            result["entity_head"][name] = _report(gold[mask], arrays.sentiment[mask])
-    return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from models.corpus import model_text
+from models.text import model_text
 from models.scorer import Scorer
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.corpus import model_text
+from models.text import model_text
 from models.network import LoadedModel, MultiHeadEncoder, bf16_supported, entity_input, load_model, resolve_model_dir
 
 # A word piece is rarely shorter than one character and usually 4+, so this many characters per

@@ -23,7 +23,7 @@ def shipped_scorer():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A model trained end to end in seconds on a small sample of the bundled data."""
-    from models.train import TrainConfig, train
+    from models.training.train import TrainConfig, train
     from tests.models.samples import tiny_splits
 
     sentiment, topic = tiny_splits(120, 12)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models import corpus
+from models.training import corpus
 
 
 def per_label(frames, n: int):
