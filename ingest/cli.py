@@ -195,3 +195,9 @@ def _kafka_error(exc: BaseException, settings) -> str:
     where = ",".join(settings.bootstrap_servers)
     setting = "FINPULSE_KAFKA_BOOTSTRAP" if settings.kafka_bootstrap else "FINPULSE_KAFKA_PORT (embedded broker)"
     return f"{type(exc).__name__}: {str(exc)[:200]} (broker {where}, from {setting})"
+
+
+# The bundled sample stream (`finpulse ingest demo`) lives with its data in ingest/demo.py.
+from ingest.demo import demo_command  # noqa: E402
+
+cli.add_command(demo_command)

@@ -1,4 +1,4 @@
-"""`finpulse run` (what `make run` calls): the stack, the pipeline service, the sample replayed once.
+"""`finpulse run` (what `make run` calls): the stack, the pipeline service, the sample replayed once (`finpulse ingest demo`).
 
 Runs against the shared test broker and a scratch database as *external* services (so it starts
 nothing embedded), with its own topics and state dir, and a 120-row slice of the sample.
@@ -83,7 +83,7 @@ def test_finpulse_run_replays_the_sample_once_and_reports(stack, tmp_path):
 def test_every_query_make_run_prints_runs(fresh_db):
     """The psql examples `finpulse run` prints are SQL an analyst pastes: each must run on the schema."""
     from finpulse import db
-    from stack.cli import _TOP_TICKERS, PSQL_EXAMPLES
+    from finpulse.run import PSQL_EXAMPLES, TOP_TICKERS_SQL
 
     statements = [" ".join(chunk.split()) for chunk in
                   "\n".join(line for line in PSQL_EXAMPLES.splitlines()[1:] if not line.strip().startswith("--"))
@@ -92,7 +92,7 @@ def test_every_query_make_run_prints_runs(fresh_db):
     engine = db.engine(fresh_db)
     try:
         with engine.connect() as conn:
-            for statement in statements + [_TOP_TICKERS]:  # and the summary's top tickers
+            for statement in statements + [TOP_TICKERS_SQL]:  # and the summary's top tickers
                 conn.execute(sa.text(statement)).all()
     finally:
         engine.dispose()
