@@ -15,11 +15,15 @@ RULES_OPTION = click.option("--rules", "rules_path", type=click.Path(path_type=P
                             help="Rules YAML (default: FINPULSE_ALERTS_RULES or the shipped alerts/rules.yaml).")
 
 
-def _config(rules_path: Path | None):
+def _config(rules_path: Path | None, *, sending: bool = False):
+    """The rules; ``sending`` (validate, run, start, check) also refuses unsigned webhooks."""
     from alerts.config import RulesError, load
 
     try:
-        return load(rules_path)
+        config = load(rules_path)
+        if sending:
+            config.check_signing()
+        return config
     except RulesError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -46,10 +50,13 @@ def cli() -> None:
 @cli.command("run")
 @RULES_OPTION
 def run(rules_path: Path | None) -> None:
-    """Run the alert service in the foreground (leader election, evaluation, delivery)."""
-    from alerts.service import AlertService
+    """Run the alert service in the foreground (leader election, evaluation, delivery, /metrics)."""
+    from alerts.service import AlertService, MetricsPortError
 
-    AlertService(_config(rules_path), get_settings()).run()
+    try:
+        AlertService(_config(rules_path, sending=True), get_settings()).run()
+    except MetricsPortError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command("check")
@@ -61,8 +68,8 @@ def check(rules_path: Path | None, once: bool, dry_run: bool) -> None:
     from alerts.delivery import Dispatcher
     from alerts.engine import Evaluator
 
-    config, settings, engine = _config(rules_path), get_settings(), _engine()
-    report = Evaluator(engine, config, settings).run_once(dry_run=dry_run)
+    config, settings, engine = _config(rules_path, sending=True), get_settings(), _engine()
+    report = Evaluator(engine, config, settings, holder="check").run_once(dry_run=dry_run)
     if report.skipped:
         click.echo(f"skipped: {report.skipped}")
     click.echo(f"evaluated {report.windows} window(s); {len(report.transitions)} transition(s)")
@@ -96,7 +103,7 @@ def backtest_cmd(rules_path: Path | None, since: str, until: str, as_json: bool)
     from alerts.backtest import backtest, format_episode
 
     config, settings = _config(rules_path), get_settings()
-    result = backtest(_engine(), config, _when(since), _when(until), settings.alerts_model_version)
+    result = backtest(_engine(), config, _when(since), _when(until), settings.alerts_model_version, settings)
     for ep in result.episodes:
         if as_json:
             click.echo(json.dumps({"rule": ep.rule, "dimension": ep.dimension, "key": ep.key,
@@ -111,8 +118,8 @@ def backtest_cmd(rules_path: Path | None, since: str, until: str, as_json: bool)
 @cli.command("validate")
 @RULES_OPTION
 def validate(rules_path: Path | None) -> None:
-    """Check a rules file; lists every error with file, line and field."""
-    config = _config(rules_path)
+    """Check a rules file; lists every error with file, line and field (and unsigned webhooks)."""
+    config = _config(rules_path, sending=True)
     click.echo(f"{config.path}: {len(config.rules)} rule(s) OK; receivers on: {', '.join(config.receivers)}"
                + "".join(f"; {n} off ({why})" for n, why in config.unconfigured.items()))
 
@@ -162,36 +169,54 @@ def silence() -> None:
 def silence_add(rule, dimension, key_pattern, duration, starts, author, comment) -> None:
     import sqlalchemy as sa
 
-    from alerts.config import parse_duration
+    from finpulse import durations
 
     try:
-        seconds = parse_duration(duration)
+        seconds = durations.parse_seconds(duration, whole=True, positive=True)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--duration") from None
-    start = _when(starts) if starts else datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)
+    start = _when(starts) if starts else now
     with _engine().begin() as conn:
         sid = conn.execute(sa.text(
             "INSERT INTO alert_silences (rule, dimension, key_pattern, starts_at, ends_at, author, comment) "
             "VALUES (:r, :d, :k, :s, :e, :a, :c) RETURNING id"),
             {"r": rule, "d": dimension, "k": key_pattern, "s": start, "e": start + timedelta(seconds=seconds),
              "a": author, "c": comment}).scalar()
-    click.echo(f"silence {sid}: rule={rule or '*'} dimension={dimension or '*'} key={key_pattern} "
-               f"until {(start + timedelta(seconds=seconds)).isoformat()}")
+    state = "pending" if start > now else "active"
+    click.echo(f"silence {sid}: {state} rule={rule or '*'} dimension={dimension or '*'} key={key_pattern} "
+               f"from {start.isoformat()} until {(start + timedelta(seconds=seconds)).isoformat()}")
+
+
+def silence_state(row, now: datetime) -> str:
+    """expired (by hand or past its end), pending (starts later: mutes nothing yet) or active."""
+    if row.expired_at is not None or row.ends_at <= now:
+        return "expired"
+    return "pending" if row.starts_at > now else "active"
 
 
 @silence.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include expired silences.")
-def silence_list(show_all: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per silence, one per line.")
+def silence_list(show_all: bool, as_json: bool) -> None:
+    """Silences now active or pending (starting later), and with --all the expired ones."""
     import sqlalchemy as sa
 
     where = "" if show_all else "WHERE expired_at IS NULL AND ends_at > now()"
     with _engine().connect() as conn:
+        now = conn.execute(sa.text("SELECT now()")).scalar()
         rows = conn.execute(sa.text(f"SELECT * FROM alert_silences {where} ORDER BY id")).all()
     for r in rows:
-        state = "expired" if r.expired_at or r.ends_at <= datetime.now(timezone.utc) else "active"
+        state = silence_state(r, now)
+        if as_json:
+            click.echo(json.dumps({"id": r.id, "state": state, "rule": r.rule, "dimension": r.dimension,
+                                   "key_pattern": r.key_pattern, "starts_at": r.starts_at.isoformat(),
+                                   "ends_at": r.ends_at.isoformat(), "author": r.author, "comment": r.comment,
+                                   "expired_at": r.expired_at.isoformat() if r.expired_at else None}))
+            continue
         click.echo(f"{r.id:>4} {state:8} rule={r.rule or '*'} dimension={r.dimension or '*'} key={r.key_pattern} "
                    f"{r.starts_at.isoformat()} -> {r.ends_at.isoformat()} by {r.author}: {r.comment}")
-    if not rows:
+    if not rows and not as_json:
         click.echo("no silences")
 
 
@@ -221,7 +246,7 @@ def start(rules_path: Path | None) -> None:
     """Start the service in the background (pid and log under FINPULSE_HOME/alerts/)."""
     from finpulse.service import ServiceError
 
-    _config(rules_path)  # refuse to start on invalid rules, here rather than in a log
+    _config(rules_path, sending=True)  # refuse to start on invalid rules, here rather than in a log
     service = _service(rules_path)
     offset = service.log_file.stat().st_size if service.log_file.exists() else 0
 
@@ -245,19 +270,60 @@ def stop() -> None:
 
 
 @cli.command("status")
-def status() -> None:
-    """Whether the background service runs, and which instance leads."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (for `finpulse status` and scripts).")
+def status(as_json: bool) -> None:
+    """Whether the background service runs, which instance leads, episodes, outbox, last evaluation."""
+    service = _service().status()
+    out = {"service": {"running": service.running, "pid": service.pid, "log": str(service.log)}}
+    try:
+        out.update(status_figures(_engine()))
+        out["database"] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - status reports a database outage, it does not crash on it
+        out["database"] = {"ok": False, "error": type(exc).__name__}
+    if as_json:
+        click.echo(json.dumps(out, default=str))
+        return
+    click.echo(service.line())
+    if not out["database"]["ok"]:
+        click.echo(f"database: unavailable ({out['database']['error']})")
+        return
+    leader, ev = out["leader"], out["last_evaluation"]
+    if leader:
+        click.echo(f"leader       {leader['holder']} since {leader['since']} "
+                   f"(heartbeat {leader['heartbeat_age_seconds']:.0f}s ago)")
+    else:
+        click.echo("leader       none")
+    click.echo(f"alerts       {out['episodes']['firing']} firing, {out['episodes']['pending']} pending")
+    click.echo(f"outbox       {out['outbox']['pending']} pending, {out['outbox']['dead']} dead")
+    click.echo("evaluation   " + (f"last at {ev['at']} ({ev['age_seconds']:.0f}s ago) by {ev['holder']}: "
+                                  f"{ev['windows']} window(s), {ev['transitions']} transition(s), "
+                                  f"{ev['messages']} message(s)" + (f"; skipped: {ev['skipped']}" if ev['skipped'] else "")
+                                  if ev else "none yet"))
+
+
+def status_figures(engine) -> dict:
+    """Leader, episode and outbox counts and the last evaluation, with ages measured by the database clock."""
     import sqlalchemy as sa
 
-    click.echo(_service().status().line())
-    try:
-        with _engine().connect() as conn:
-            row = conn.execute(sa.text("SELECT holder, since, heartbeat FROM alert_leader")).first()
-            counts = dict(conn.execute(sa.text("SELECT state, count(*) FROM alert_outbox GROUP BY state")).all())
-            firing = conn.execute(sa.text("SELECT count(*) FROM alerts WHERE status = 'firing'")).scalar()
-    except Exception as exc:
-        click.echo(f"database: unavailable ({type(exc).__name__})")
-        return
-    if row:
-        click.echo(f"leader       {row.holder} since {row.since.isoformat()} (heartbeat {row.heartbeat.isoformat()})")
-    click.echo(f"alerts       {firing} firing; outbox {counts or 'empty'}")
+    with engine.connect() as conn:
+        leader = conn.execute(sa.text(
+            "SELECT holder, since, heartbeat, extract(epoch FROM now() - heartbeat)::float8 AS age "
+            "FROM alert_leader")).first()
+        episodes = dict(conn.execute(sa.text(
+            "SELECT status, count(*) FROM alerts WHERE status IN ('pending', 'firing') GROUP BY status")).all())
+        outbox = dict(conn.execute(sa.text(
+            "SELECT state, count(*) FROM alert_outbox WHERE state IN ('pending', 'dead') GROUP BY state")).all())
+        ev = conn.execute(sa.text(
+            "SELECT at, holder, windows, transitions, messages, skipped, duration_ms, "
+            "extract(epoch FROM now() - at)::float8 AS age FROM alert_evaluations")).first()
+    return {
+        "leader": None if leader is None else {
+            "holder": leader.holder, "since": leader.since.isoformat(), "heartbeat": leader.heartbeat.isoformat(),
+            "heartbeat_age_seconds": leader.age},
+        "episodes": {"firing": episodes.get("firing", 0), "pending": episodes.get("pending", 0)},
+        "outbox": {"pending": outbox.get("pending", 0), "dead": outbox.get("dead", 0)},
+        "last_evaluation": None if ev is None else {
+            "at": ev.at.isoformat(), "age_seconds": ev.age, "holder": ev.holder, "windows": ev.windows,
+            "transitions": ev.transitions, "messages": ev.messages, "skipped": ev.skipped,
+            "duration_ms": ev.duration_ms},
+    }

@@ -8,10 +8,14 @@ under the same id, by whoever leads next. Delivery is therefore at least once, a
 message id (``webhook-id``, email ``Message-ID``) is what makes it effectively once at a
 receiver that remembers ids it has seen (the Standard Webhooks contract).
 
-Failures are retried with exponential backoff and full jitter
-(``delay = uniform(0.5, 1) * min(max, base * 2**(attempt-1))``) until the message is older
-than ``alerts_delivery_max_age_seconds``; then it is marked ``dead`` (kept, with its last
-error) and logged as an error. At most two messages per receiver are in flight, so a slow or
+Failures are retried with exponential backoff and *equal* jitter: with the ceiling
+``c = min(max, base * 2**(attempt-1))`` the delay is ``c/2 + uniform(0, c/2)``, so between half
+the ceiling and the ceiling. Equal rather than full jitter (``uniform(0, c)``): jitter is there
+to spread retries, but one leader sends at most two messages per receiver at a time, so there
+is no crowd of clients to spread, while full jitter can retry a receiver that just failed almost
+at once; the floor of half the ceiling keeps the backoff a backoff. Retries go on until the
+message is older than ``alerts_delivery_max_age_seconds``; then it is marked ``dead`` (kept,
+with its last error) and logged as an error. At most two messages per receiver are in flight, so a slow or
 hanging receiver (every attempt bounded by its timeout) never holds up the others.
 """
 
@@ -28,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from alerts.config import Config
+from alerts.metrics import Metrics
 from alerts.notify import DeliveryError, send
 from finpulse.settings import Settings
 
@@ -49,15 +54,17 @@ RETURNING id, receiver, payload, attempts, created_at
 
 
 def backoff(attempt: int, settings: Settings, rng: random.Random = random.Random()) -> float:
-    """Seconds before the next attempt after ``attempt`` failures: exponential, capped, full jitter (0.5-1)."""
+    """Seconds before the next attempt after ``attempt`` failures: exponential, capped, equal jitter
+    (uniform between half the ceiling and the ceiling; see the module docstring)."""
     ceiling = min(settings.alerts_backoff_max_seconds, settings.alerts_backoff_base_seconds * 2 ** (attempt - 1))
-    return ceiling * (0.5 + 0.5 * rng.random())
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 class Dispatcher:
     def __init__(self, engine: Engine, config: Config, settings: Settings, *, holder: str = "",
-                 is_leader=lambda: True):
+                 is_leader=lambda: True, metrics: Metrics | None = None):
         self.engine = engine
+        self.metrics = metrics or Metrics()
         self.config = config
         self.settings = settings
         self.holder = holder
@@ -88,7 +95,14 @@ class Dispatcher:
                 claimed += 1
                 self.pool.submit(self._deliver, row)
         self._dead_for_unknown_receivers()
+        self._count_pending()
         return claimed
+
+    def _count_pending(self) -> None:
+        with self.engine.connect() as conn:
+            pending = dict(conn.execute(sa.text(
+                "SELECT receiver, count(*) FROM alert_outbox WHERE state = 'pending' GROUP BY receiver")).all())
+        self.metrics.set_pending({name: pending.get(name, 0) for name in {*self.config.receivers, *pending}})
 
     def _renew_leases(self) -> None:
         # SMTP and HTTP timeouts bound each socket operation, not a whole send, so a slow but live
@@ -113,6 +127,7 @@ class Dispatcher:
                 "AND created_at < now() - make_interval(secs => :age) RETURNING id, receiver"),
                 {"names": list(self.config.receivers), "age": self.settings.alerts_delivery_max_age_seconds}).all()
         for row in rows:
+            self.metrics.message(row.receiver, "dead")
             log.error("message %s for unconfigured receiver %s is dead", row.id, row.receiver)
 
     def _deliver(self, row) -> None:
@@ -128,7 +143,9 @@ class Dispatcher:
         except Exception as exc:  # a bug in a sender must not kill the worker or lose the message
             error = f"{type(exc).__name__}: {exc}"
             log.exception("sender %s crashed on message %s", receiver.name, row.id)
-        duration_ms = int((time.monotonic() - started) * 1000)
+        elapsed = time.monotonic() - started
+        duration_ms = int(elapsed * 1000)
+        self.metrics.delivery_duration.labels(receiver.name).observe(elapsed)
         try:
             self._record(row, receiver.name, code, error, duration_ms)
         except Exception:
@@ -145,28 +162,38 @@ class Dispatcher:
                 "VALUES (:id, :a, :ok, :code, :err, :ms, :h)"),
                 {"id": row.id, "a": row.attempts, "ok": error is None, "code": code, "err": error,
                  "ms": duration_ms, "h": self.holder})
-            if error is None:
-                conn.execute(sa.text(
-                    "UPDATE alert_outbox SET state = 'sent', sent_at = now(), lease_until = NULL, last_error = NULL, "
-                    "response_code = :code, updated_at = now() WHERE id = :id"), {"id": row.id, "code": code})
-                log.info("delivered %s to %s (attempt %d, %d ms)", row.id, receiver, row.attempts, duration_ms)
-                return
-            age = (datetime.now(timezone.utc) - row.created_at).total_seconds()
-            if age >= self.settings.alerts_delivery_max_age_seconds:
-                conn.execute(sa.text(
-                    "UPDATE alert_outbox SET state = 'dead', lease_until = NULL, last_error = :err, "
-                    "response_code = :code, updated_at = now() WHERE id = :id AND state = 'pending'"),
-                    {"id": row.id, "err": error, "code": code})
-                log.error("giving up on %s to %s after %d attempts over %.0fs: %s", row.id, receiver,
-                          row.attempts, age, error)
-                return
-            delay = backoff(row.attempts, self.settings)
-            conn.execute(sa.text(
-                "UPDATE alert_outbox SET next_attempt_at = now() + make_interval(secs => :d), lease_until = NULL, "
-                "last_error = :err, response_code = :code, updated_at = now() WHERE id = :id AND state = 'pending'"),
-                {"id": row.id, "d": delay, "err": error, "code": code})
+            outcome = self._next_state(conn, row, code, error)
+        # Counted once committed: a record that fails is retried, and counted then.
+        self.metrics.message(receiver, "sent" if error is None else "failed")
+        if outcome == "dead":
+            self.metrics.message(receiver, "dead")
+            log.error("giving up on %s to %s after %d attempts: %s", row.id, receiver, row.attempts, error)
+        elif error is None:
+            log.info("delivered %s to %s (attempt %d, %d ms)", row.id, receiver, row.attempts, duration_ms)
+        else:
             log.warning("delivery of %s to %s failed (attempt %d), retry in %.1fs: %s", row.id, receiver,
-                        row.attempts, delay, error)
+                        row.attempts, outcome, error)
+
+    def _next_state(self, conn, row, code: int | None, error: str | None) -> str | float:
+        """Mark the message sent, dead, or due again after a backoff; returns 'sent', 'dead' or the delay."""
+        if error is None:
+            conn.execute(sa.text(
+                "UPDATE alert_outbox SET state = 'sent', sent_at = now(), lease_until = NULL, last_error = NULL, "
+                "response_code = :code, updated_at = now() WHERE id = :id"), {"id": row.id, "code": code})
+            return "sent"
+        age = (datetime.now(timezone.utc) - row.created_at).total_seconds()
+        if age >= self.settings.alerts_delivery_max_age_seconds:
+            conn.execute(sa.text(
+                "UPDATE alert_outbox SET state = 'dead', lease_until = NULL, last_error = :err, "
+                "response_code = :code, updated_at = now() WHERE id = :id AND state = 'pending'"),
+                {"id": row.id, "err": error, "code": code})
+            return "dead"
+        delay = backoff(row.attempts, self.settings)
+        conn.execute(sa.text(
+            "UPDATE alert_outbox SET next_attempt_at = now() + make_interval(secs => :d), lease_until = NULL, "
+            "last_error = :err, response_code = :code, updated_at = now() WHERE id = :id AND state = 'pending'"),
+            {"id": row.id, "d": delay, "err": error, "code": code})
+        return delay
 
     def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` for in-flight sends (at shutdown)."""

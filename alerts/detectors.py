@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
+
+_STANDARD_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ def _finite(x: float) -> float | None:
 def _tail(logpmf, k: int, lo: int, hi: int, mode: int) -> float:
     """P(X >= k) for a unimodal pmf on [lo, hi], summing outward from k where the terms shrink.
 
-    Beyond the mode the terms decrease, so the sum stops once a term is below 1e-17 of the sum:
-    O(sqrt(n)) terms instead of O(n). Below the mode it sums the lower tail and complements it.
+    Beyond the mode the terms decrease, so the sum stops once a term is below 1e-17 of the sum
+    (or underflows to 0: every later one does too): O(sqrt(n)) terms instead of O(n). Below the
+    mode it sums the lower tail and complements it.
     """
     if k <= lo:
         return 1.0
@@ -68,7 +72,7 @@ def _tail(logpmf, k: int, lo: int, hi: int, mode: int) -> float:
         while j <= hi:
             term = math.exp(logpmf(j))
             total += term
-            if term < total * 1e-17:
+            if term == 0.0 or term < total * 1e-17:
                 break
             j += 1
         return min(1.0, total)
@@ -76,7 +80,7 @@ def _tail(logpmf, k: int, lo: int, hi: int, mode: int) -> float:
     while j >= lo:
         term = math.exp(logpmf(j))
         total += term
-        if term < total * 1e-17:
+        if term == 0.0 or term < total * 1e-17:
             break
         j -= 1
     return max(0.0, min(1.0, 1.0 - total))
@@ -109,26 +113,10 @@ def poisson_sf(k: int, lam: float) -> float:
 
 
 def normal_quantile(q: float) -> float:
-    """z with P(Z <= z) = q, for the Wilson bound (Acklam's rational approximation, |error| < 1.2e-9)."""
+    """z with P(Z <= z) = q, for the Wilson bound (the standard library's inverse normal CDF)."""
     if not 0.0 < q < 1.0:
         raise ValueError("q must be in (0, 1)")
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-         -3.066479806614716e01, 2.506628277459239e00)
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-         -1.328068155288572e01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-         4.374664141464968e00, 2.938163982698783e00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-    if q < 0.02425:
-        t = math.sqrt(-2 * math.log(q))
-        return (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) / \
-            ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1)
-    if q > 1 - 0.02425:
-        return -normal_quantile(1 - q)
-    t = q - 0.5
-    r = t * t
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * t / \
-        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    return _STANDARD_NORMAL.inv_cdf(q)
 
 
 def wilson_lower(k: int, n: int, alpha: float) -> float:

@@ -122,7 +122,8 @@ def main() -> None:
         with engine.connect() as conn:
             n_rows = conn.execute(sa.text("SELECT count(*) FROM sentiment_windows")).scalar()
     with engine.begin() as conn:  # a fresh service state each run of the bench
-        conn.execute(sa.text("TRUNCATE alert_outbox, alert_notifications, alert_events, alerts, alert_cursors CASCADE"))
+        conn.execute(sa.text("TRUNCATE alert_outbox, alert_notifications, alert_events, alerts, alert_cursors, "
+                             "alert_groups, alert_evaluations CASCADE"))
 
     config = load(None, settings)  # the shipped rules; receivers: log only
     now = end + timedelta(seconds=1)

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     alerts_delivery_max_age_seconds: float = Field(
         86400.0, gt=0, description="A notification still undelivered after this long is marked dead (and kept)."
     )
-    alerts_backoff_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
+    alerts_backoff_base_seconds: float = Field(
+        2.0, gt=0, description="Ceiling of the first retry delay; doubles per attempt; the delay is between half "
+                               "the ceiling and the ceiling (equal jitter)."
+    )
     alerts_backoff_max_seconds: float = Field(300.0, gt=0, description="Longest retry delay.")
     alerts_smtp_host: str | None = Field(None, description="SMTP server for the `email` receiver; unset = no email.")
     alerts_smtp_port: int = Field(587, description="SMTP port.")
@@ -100,6 +103,14 @@ class Settings(BaseSettings):
     alerts_webhook_secret: SecretStr | None = Field(
         None, description="Standard Webhooks signing secret (whsec_...) of the `webhook` receiver (secret)."
     )
+    alerts_webhook_allow_unsigned: bool = Field(
+        False, description="Let the `webhook` receiver send unsigned while FINPULSE_ALERTS_WEBHOOK_SECRET is unset "
+                           "(otherwise the service refuses to start)."
+    )
+    alerts_metrics_port: int = Field(
+        9109, ge=0, le=65535, description="Port of the alert service's Prometheus /metrics; 0 = off."
+    )
+    alerts_metrics_host: str = Field("127.0.0.1", description="Address the alert service's /metrics listens on.")
     alerts_external_url: str | None = Field(
         None, description="Base URL put in each alert's generatorURL; unset = empty."
     )

@@ -8,81 +8,25 @@ in reprs and logs.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from finpulse import yamlconf
 from ingest.errors import ConfigError
 from ingest.http import DEFAULT_USER_AGENT, HttpOptions
 from ingest.normalize import resolve_timezone
 
-_ENV_REF = re.compile(r"\$\{ENV:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-
-def _expand(value: Any, path: tuple = (), problems: list[tuple[tuple, str]] | None = None) -> Any:
-    """Resolve ``${ENV:NAME}`` references; each missing variable is appended to ``problems`` (not raised),
-    so one missing variable does not hide the other problems of the file."""
-    if problems is None:
-        problems = []
-    if isinstance(value, str):
-        def repl(match: re.Match) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            problems.append((path, f"environment variable {name} is not set"))
-            return ""
-
-        return _ENV_REF.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: _expand(v, path + (k,), problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, path + (i,), problems) for i, v in enumerate(value)]
-    return value
-
-
-def _line_numbers(node: yaml.Node | None, path: tuple = (), out: dict[tuple, int] | None = None) -> dict[tuple, int]:
-    """(key, index, ...) path -> 1-based line of that value in the YAML text."""
-    if out is None:
-        out = {}
-    if node is None:
-        return out
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = path + (key.value,)
-            out[child] = key.start_mark.line + 1
-            _line_numbers(value, child, out)
-            out[child] = key.start_mark.line + 1  # the key's line: where a person looks for it
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            _line_numbers(value, path + (i,), out)
-    return out
-
-
-def _where(loc: tuple, lines: dict[tuple, int] | None) -> str:
-    """``line 12: sources[0].timezone`` (the line of the deepest part of ``loc`` found in the file)."""
-    parts: list = []
-    found: tuple = ()
-    line = None
-    for part in loc:
-        candidate = found + (part,)
-        if lines is not None and candidate not in lines:
-            continue  # pydantic adds the union tag ("rss") to the location; the file has no such key
-        found = candidate
-        parts.append(part)
-        if lines is not None:
-            line = lines.get(found, line)
+def _where(problem: yamlconf.Problem) -> str:
+    """``line 12: sources[0].timezone`` (the field in Python's index notation, as this file's users know it)."""
     text = ""
-    for part in parts:
+    for part in problem.loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     text = text or "(top level)"
-    return f"line {line}: {text}" if line else text
+    return f"line {problem.line}: {text}" if problem.line else text
 
 
 class _Model(BaseModel):
@@ -206,41 +150,27 @@ class CrawlerConfig(_Model):
         return value
 
 
-def parse_config(data: Any, *, lines: dict[tuple, int] | None = None) -> CrawlerConfig:
+def parse_config(data: Any, *, document: yamlconf.Document | None = None) -> CrawlerConfig:
     """Validate the sources config; a ConfigError lists every problem, each with its YAML line when known."""
-    if not isinstance(data, dict):
+    document = document or yamlconf.from_data(data)
+    if not isinstance(document.data, dict):
         raise ConfigError("the sources file must be a mapping with a 'sources' list")
-    env_problems: list[tuple[tuple, str]] = []
-    data = _expand(data, (), env_problems)
-    problems = [f"{_where(path, lines)}: {message}" for path, message in env_problems]
-    config = None
-    try:
-        config = CrawlerConfig.model_validate(data)
-    except ValidationError as exc:
-        for e in exc.errors(include_url=False):
-            path = tuple(e["loc"])
-            # A value that is empty only because its variable is missing is reported once, as that.
-            if any(path[: len(p)] == p for p, _ in env_problems):
-                continue
-            problems.append(f"{_where(path, lines)}: {e['msg']}")
+    config, problems = document.validate(CrawlerConfig)
     if problems:
-        problems.sort(key=lambda p: int(p[5:p.index(":")]) if p.startswith("line ") else 0)  # file order
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(f"invalid sources config ({count}):\n  " + "\n  ".join(problems))
+        raise ConfigError(f"invalid sources config ({count}):\n  " + "\n  ".join(
+            f"{_where(p)}: {p.message}" for p in problems))
     return config
 
 
 def load_config(path: Path | str) -> CrawlerConfig:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+        document = yamlconf.read(path)
+    except yamlconf.SourceError as exc:
+        if exc.message.startswith("cannot read"):
+            raise ConfigError(f"cannot read {path}: {exc.message.removeprefix('cannot read: ')}") from None
+        raise ConfigError(f"{path} is not valid YAML: line {exc.line}: {exc.message}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return parse_config(data, lines=_line_numbers(node))
+        return parse_config(document.data, document=document)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

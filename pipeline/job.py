@@ -27,12 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finpulse import durations
 from finpulse.settings import Settings, get_settings
 
 log = logging.getLogger("pipeline.job")
 
-_TRIGGER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # How long the job waits before restarting a query that failed (a batch that raised), doubling
 # up to the cap: a model server that is down must not make the job spin.
 RESTART_BACKOFF_S = (2.0, 60.0)
@@ -43,14 +42,11 @@ class JobError(RuntimeError):
 
 
 def parse_trigger(text: str) -> float:
-    """'2s' -> 2.0, '500ms' -> 0.5, '1m' -> 60.0 (seconds)."""
-    match = _TRIGGER.match(text or "")
-    if not match:
-        raise JobError(f"trigger {text!r}: expected a number and a unit, e.g. 2s, 500ms, 1m")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise JobError(f"trigger {text!r} must be positive")
-    return seconds
+    """'2s' -> 2.0, '500ms' -> 0.5, '1m' -> 60.0 (seconds; the grammar of finpulse.durations)."""
+    try:
+        return durations.parse_seconds(text, positive=True, what="trigger")
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
 
 
 def checkpoint_root(settings: Settings) -> Path:

@@ -28,16 +28,15 @@ one per (document, ticker), V's row preferred.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
+from finpulse import durations
+
 DEFAULT_WIDTHS = "1m,1h,1d"
 DEFAULT_LATENESS = "1d"
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Points table: where the batch's documents are (or were) in event time, per dimension.
 POINTS_TABLE = "_fp_window_points"
@@ -200,19 +199,8 @@ WHERE w.dimension = gone.dimension AND w.key = gone.key AND w.window_start = gon
 
 
 def parse_duration(spec: str | timedelta | int | float) -> timedelta:
-    """'90s', '1m', '1h', '1d' (or a timedelta, or seconds) -> a positive timedelta."""
-    if isinstance(spec, timedelta):
-        value = spec
-    elif isinstance(spec, (int, float)):
-        value = timedelta(seconds=spec)
-    else:
-        match = _DURATION.match(spec or "")
-        if not match:
-            raise ValueError(f"duration {spec!r}: expected a whole number and a unit s, m, h or d (e.g. 1m, 1h, 1d)")
-        value = timedelta(seconds=int(match.group(1)) * _UNIT[match.group(2)])
-    if value < timedelta(0):
-        raise ValueError(f"duration {spec!r} must not be negative")
-    return value
+    """'90s', '1m', '1h', '1d' (or a timedelta, or seconds) -> a timedelta, not negative (finpulse.durations)."""
+    return durations.parse_timedelta(spec)
 
 
 def parse_widths(spec: str) -> list[timedelta]:
@@ -221,10 +209,7 @@ def parse_widths(spec: str) -> list[timedelta]:
     for part in (spec or "").split(","):
         if not part.strip():
             continue
-        width = parse_duration(part)
-        if width <= timedelta(0) or width.total_seconds() != int(width.total_seconds()):
-            raise ValueError(f"window width {part.strip()!r} must be a positive whole number of seconds")
-        widths.add(width)
+        widths.add(durations.parse_timedelta(part.strip(), whole=True, positive=True, what="window width"))
     if not widths:
         raise ValueError(f"window widths {spec!r}: give at least one, e.g. 1m,1h,1d")
     return sorted(widths)

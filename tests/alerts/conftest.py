@@ -22,8 +22,6 @@ MODEL = "test-model@1"
 HOUR = 3600
 
 
-
-
 def hour_floor(t: datetime) -> datetime:
     ts = int(t.timestamp())
     return datetime.fromtimestamp(ts - ts % HOUR, timezone.utc)
@@ -115,8 +113,8 @@ receivers:
   mail: {{type: email, to: [desk@example.com]}}
   hook: {{type: webhook, url: "http://127.0.0.1:{port}/hook", secret_env: ALERTS_TEST_SECRET, timeout: {timeout}}}
 inhibit:
-  - source: {{rule: market-share}}
-    target: {{dimension: ticker}}
+  - source_matchers: ['alertname="market-share"']
+    target_matchers: ['dimension="ticker"']
     equal: [width]
 """
 
@@ -281,6 +279,7 @@ def service_env(settings, **extra) -> dict[str, str]:
            "FINPULSE_ALERTS_BACKOFF_BASE_SECONDS": "0.2",
            "FINPULSE_ALERTS_BACKOFF_MAX_SECONDS": "0.5",
            "FINPULSE_ALERTS_DELIVERY_TIMEOUT_SECONDS": "2",
+           "FINPULSE_ALERTS_METRICS_PORT": "0",  # a test that scrapes sets its own free port
            "ALERTS_TEST_SECRET": SECRET,
            "PYTHONUNBUFFERED": "1"}
     env.update(extra)

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from alerts.detectors import NegativeShare, NegativeVolume, Window, binomial_sf, poisson_sf, wilson_lower
+from alerts.detectors import (NegativeShare, NegativeVolume, Window, binomial_sf, normal_quantile, poisson_sf,
+                              wilson_lower)
 
 
 def _binom_sf_naive(k, n, p):
@@ -29,11 +30,64 @@ def test_poisson_tail_matches_the_textbook_sum(k, lam):
     assert poisson_sf(k, lam) == pytest.approx(_poisson_sf_naive(k, lam), rel=1e-9, abs=1e-15)
 
 
+def _grid_binomial():
+    for n in (1, 2, 7, 40, 300, 2_000, 10_000, 100_000):
+        for p in (1e-4, 1e-3, 0.01, 0.05, 0.2, 0.5, 0.9):
+            mean, sd = n * p, math.sqrt(n * p * (1 - p))
+            ks = {0, 1, n // 2, n - 1, n, int(0.99 * n)}
+            ks |= {round(mean + z * sd) for z in (-30, -8, -3, -1, 0, 1, 3, 8, 30, 80)}
+            for k in sorted(k for k in ks if 0 <= k <= n):
+                yield k, n, p
+
+
+def _grid_poisson():
+    for lam in (0.01, 0.1, 1.0, 3.7, 20.0, 150.0, 1_000.0, 10_000.0):
+        sd = math.sqrt(lam)
+        ks = {0, 1, 2, int(lam), 10 * int(lam) + 5}
+        ks |= {round(lam + z * sd) for z in (-30, -8, -3, -1, 0, 1, 3, 8, 30, 80, 300)}
+        for k in sorted(k for k in ks if k >= 0):
+            yield k, lam
+
+
+def _close(ours: float, reference: float) -> bool:
+    # Relative agreement wherever the reference is a representable number; both 0 past underflow.
+    if reference < 1e-300:
+        return ours < 1e-290
+    return abs(ours - reference) <= 1e-8 * reference
+
+
+def test_binomial_tail_matches_scipy_across_the_range_including_far_tails():
+    stats = pytest.importorskip("scipy.stats")  # test-only dependency
+    cases = [(k, n, p, binomial_sf(k, n, p), float(stats.binom.sf(k - 1, n, p))) for k, n, p in _grid_binomial()]
+    assert len(cases) > 500
+    bad = [case for case in cases if not _close(case[3], case[4])]
+    assert not bad, bad[:5]
+    # The far tails are there, not only the bulk: some references are below 1e-100.
+    assert sum(1 for case in cases if 0 < case[4] < 1e-100) > 20
+
+
+def test_poisson_tail_matches_scipy_across_the_range_including_far_tails():
+    stats = pytest.importorskip("scipy.stats")
+    cases = list(_grid_poisson())
+    bad = [(k, lam, poisson_sf(k, lam), float(stats.poisson.sf(k - 1, lam))) for k, lam in cases
+           if not _close(poisson_sf(k, lam), float(stats.poisson.sf(k - 1, lam)))]
+    assert not bad, bad[:5]
+    assert sum(1 for k, lam in cases if 0 < stats.poisson.sf(k - 1, lam) < 1e-100) >= 5
+
+
 def test_wilson_lower_bound_is_below_the_share_and_tightens_with_n():
     assert wilson_lower(20, 40, 0.05) < 0.5
     assert wilson_lower(200, 400, 0.05) > wilson_lower(20, 40, 0.05)
     # Known value: k=8, n=10, one-sided 95% (z=1.645) Wilson lower bound ~ 0.5396
     assert wilson_lower(8, 10, 0.05) == pytest.approx(0.5396, abs=2e-3)
+
+
+def test_normal_quantile_is_the_exact_inverse_normal_cdf():
+    stats = pytest.importorskip("scipy.stats")
+    for q in (1e-12, 1e-6, 0.001, 0.025, 0.5, 0.9, 0.999, 1 - 1e-9):
+        assert normal_quantile(q) == pytest.approx(float(stats.norm.ppf(q)), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        normal_quantile(1.0)
 
 
 def _baseline(series, i, b=24, docs=None):
@@ -152,5 +206,10 @@ def test_negative_volume_dispersion_widens_the_test():
 
 
 def test_negative_volume_floor_rate_keeps_a_silent_scope_quiet():
-    result = NegativeVolume()(Window(n_docs=6, n_negative=6, base_windows=24, base_docs=0, base_negative=0))
-    assert not result.fire
+    # min_count 1, so only the floor stands between a silent scope's first few documents and an alert.
+    silent = Window(n_docs=6, n_negative=6, base_windows=24, base_docs=0, base_negative=0)
+    floored = NegativeVolume(min_count=1, min_rate=2.0)(silent)
+    assert floored.figures["baseline_rate"] == 2.0 and floored.statistic == 3.0  # 6 against the floor of 2
+    assert not floored.fire and floored.p_value == pytest.approx(poisson_sf(6, 2.0))
+    # Without a real floor the same window fires: the floor is what keeps it quiet.
+    assert NegativeVolume(min_count=1, min_rate=0.01)(silent).fire

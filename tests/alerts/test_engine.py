@@ -7,6 +7,7 @@ real HTTP receiver through the outbox (Dispatcher), exactly as the service does 
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -375,3 +376,135 @@ def test_an_open_episode_of_a_removed_rule_is_closed_not_left_open(engine, alert
         ("resolved", later)]
     assert _rows(engine, "SELECT count(*) FROM alert_events WHERE event = 'rule_removed'")[0][0] == 1
     assert not _evaluator(engine, alert_settings, rules, now=later).run_once().transitions  # closed once
+
+
+LONG_TEXT = ("Shares of ACME Corp fell sharply in early trading after the company cut its full-year revenue "
+             "guidance, citing weaker demand in its largest market and rising input costs; analysts at two "
+             "brokers lowered their price targets and warned of further downgrades to come this quarter.")
+
+
+def _document(conn, doc_id, start, *, title, text, sentiment, p_negative, entity=None, tickers=("ACME",),
+              minute=10):
+    """One scored document in the window at ``start``; ``entity`` = (model_version, sentiment, p_negative) of
+    its ACME link (sentiment None: a bare link, counted with the document's score), None = no link."""
+    t = start + timedelta(minutes=minute)
+    rest = (1 - p_negative) / 2
+    conn.execute(sa.text("""
+        INSERT INTO documents (id, schema_version, source, kind, url, title, text, published_at, fetched_at,
+                               tickers, novelty)
+        VALUES (:id, 1, 'benzinga', 'news', :url, :title, :text, :t, :t, :tickers, true)"""),
+        {"id": doc_id, "url": None if title is None else f"https://news.example/{doc_id}", "title": title,
+         "text": text, "t": t, "tickers": list(tickers)})
+    conn.execute(sa.text("""
+        INSERT INTO document_scores (document_id, model_version, published_at, sentiment, p_negative, p_neutral,
+                                     p_positive, topic, topic_confidence)
+        VALUES (:id, 'test-model@1', :t, :s, :p, :rest, :rest, 'earnings', 0.9)"""),
+        {"id": doc_id, "t": t, "s": sentiment, "p": p_negative, "rest": rest})
+    if entity is not None:
+        mv, es, ep = entity
+        conn.execute(sa.text("""
+            INSERT INTO document_entities (document_id, entity, model_version, sentiment, p_negative, p_neutral,
+                                           p_positive)
+            VALUES (:id, 'ACME', :mv, :s, :p, :rest, :rest)"""),
+            {"id": doc_id, "mv": mv, "s": es, "p": ep, "rest": None if ep is None else (1 - ep) / 2})
+
+
+def test_evidence_is_what_the_window_counted_and_shows_what_was_said(engine, alert_settings, tmp_path, hook,
+                                                                       mailbox, caplog):
+    write_windows(engine, surge_series(END, key="ACME"))
+    fired = END - timedelta(hours=8)  # the window that makes ACME fire (pending at -9 h, firing at -8 h)
+    with engine.begin() as conn:
+        # Positive overall, negative towards ACME (the entity head's score): the window counted it negative.
+        _document(conn, "pos-doc-neg-acme", fired, title=None, text=LONG_TEXT, sentiment="positive",
+                  p_negative=0.05, entity=("test-model@1", "negative", 0.91), minute=5)
+        # Negative overall, positive towards ACME: the window counted it positive. Not evidence.
+        _document(conn, "neg-doc-pos-acme", fired, title="Market slides; ACME a rare winner", text="x",
+                  sentiment="negative", p_negative=0.97, entity=("test-model@1", "positive", 0.02))
+        # A bare link (no entity score): counted with the document's own score.
+        _document(conn, "bare-link", fired, title="ACME recalls a product", text="y", sentiment="negative",
+                  p_negative=0.8, entity=("", None, None))
+        # Tagged ACME by the producer but not linked: windows never counted it. Not evidence.
+        _document(conn, "unlinked", fired, title="ACME mentioned in passing", text="z", sentiment="negative",
+                  p_negative=0.99, entity=None)
+    caplog.set_level("WARNING", logger="alerts.notify")
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="log, mail, hook")
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    evidence = next(m.payload for m in report.messages if m.receiver == "hook")["webhook"]["alerts"][0]["evidence"]
+    docs = evidence["documents"]
+    assert [(d["id"], d["measure"]) for d in docs] == [("pos-doc-neg-acme", "entity"), ("bare-link", "document")]
+    assert docs[0]["p_negative"] == pytest.approx(0.91, abs=1e-6)  # the entity's score, exact in the JSON
+    assert evidence["documents_measure"].startswith("the sentiment towards the ticker")
+    # No title: the start of the text, cut at a word boundary, with an ellipsis.
+    assert docs[0]["title"] is None
+    assert docs[0]["excerpt"] == LONG_TEXT[:LONG_TEXT.rindex(" ", 0, 200)].rstrip(",;") + "…"
+    assert 150 < len(docs[0]["excerpt"]) <= 201
+    config = load(rules, alert_settings)
+    _deliver_all(engine, config, alert_settings, expect=6)
+    mail = next(m for m in mailbox.messages if "FIRING" in m["Subject"])
+    text = next(p.get_content() for p in mail.walk() if p.get_content_type() == "text/plain")
+    lines = text.splitlines()
+    first = lines.index(f"  - [0.91] {docs[0]['excerpt']} — benzinga, {(fired + timedelta(minutes=5)):%Y-%m-%d %H:%M} "
+                        "UTC (first story)")
+    assert lines[first + 1] == ("  - [0.80] ACME recalls a product — benzinga, "
+                                f"{(fired + timedelta(minutes=10)):%Y-%m-%d %H:%M} UTC (first story)")
+    assert lines[first + 2] == "    https://news.example/bare-link"
+    assert "(no title)" not in text and "p = " in text and " points" in text
+    assert not re.search(r"\d\.\d{5,}", text)  # no raw floats for people
+    logged = [r.getMessage() for r in caplog.records if "evidence 1/2" in r.getMessage()]
+    assert logged and docs[0]["excerpt"] in logged[0]
+
+
+def test_the_email_shows_the_trend_inline_and_a_retry_draws_what_was_queued(engine, alert_settings, tmp_path, hook,
+                                                                             mailbox):
+    from io import BytesIO
+
+    from matplotlib import image
+
+    from alerts.notify import chart_png
+
+    write_windows(engine, surge_series(END, key="ACME", surge_at=(2, 1, 0)))  # still firing: one message
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="mail")
+    report = _evaluator(engine, alert_settings, rules).run_once()
+    (queued,) = report.messages
+    chart = queued.payload["charts"][0]
+    assert len(chart["times"]) == 48 and chart["volume"][-3:] == [40, 60, 60]  # up to the window that fired
+    assert chart["negative_share"][-1] == pytest.approx(40 / 60)
+    assert chart["marked"] == [(END - timedelta(hours=2)).isoformat(), (END - timedelta(hours=1)).isoformat()]
+    # The table changes after the message was queued (late rows): what is sent is what was queued.
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE sentiment_windows SET n_docs = 1, n_negative = 0"))
+    _deliver_all(engine, load(rules, alert_settings), alert_settings, expect=1)
+    (mail,) = mailbox.messages
+    assert mail.get_content_type() == "multipart/alternative"
+    text, related = mail.get_payload()
+    assert text.get_content_type() == "text/plain" and "ACME" in text.get_content()
+    assert related.get_content_type() == "multipart/related"
+    html, png = related.get_payload()
+    cid = chart["cid"]
+    assert f'<img src="cid:{cid}"' in html.get_content()
+    assert png.get_content_type() == "image/png" and png["Content-ID"] == f"<{cid}>"
+    pixels = image.imread(BytesIO(png.get_content()), format="png")
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 400
+    assert png.get_content() == chart_png(chart)  # drawn from the stored series: a retry sends the same
+    changed = {**chart, "volume": [1] * len(chart["volume"])}
+    assert chart_png(changed) != png.get_content()  # (and a different series would show)
+
+
+def test_backtest_and_live_evaluation_decide_the_same_transitions_and_evidence(engine, alert_settings, tmp_path,
+                                                                             hook):
+    from alerts.backtest import backtest
+
+    write_windows(engine, surge_series(END, key="ACME") + surge_series(END, key="BETA", surge_at=(5, 4, 3, 2)))
+    add_documents(engine, key="ACME", start=END - timedelta(hours=8))
+    add_documents(engine, key="BETA", start=END - timedelta(hours=5))  # its firing window
+    rules = write_rules(tmp_path / "r.yaml", port=hook.port, routes="log")
+    config = load(rules, alert_settings)
+    live = Evaluator(engine, config, alert_settings, now=lambda: NOW).run_once()
+    past = backtest(engine, config, END - timedelta(hours=24), END, settings=alert_settings)
+    assert past.transitions == live.transitions and past.windows == live.windows
+    assert {e for e, *_ in live.transitions} == {"pending", "firing", "resolved"}
+    stored = {r.id: r.evidence for r in _rows(engine, "SELECT id, evidence FROM alerts WHERE fired_at IS NOT NULL")}
+    assert set(stored) == {ep.id for ep in past.episodes} and len(stored) == 2
+    for ep in past.episodes:
+        assert json.loads(json.dumps(ep.evidence, default=str)) == stored[ep.id]
+        assert ep.evidence["documents"] and ep.evidence["model_version"] == "test-model@1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from finpulse import db
 from tests.alerts.conftest import hour_floor, service_env, surge_series, wait_for, write_rules, write_windows
+from tests.conftest import free_port
 
 
 def _start(settings, rules, log_path, **env):
@@ -56,11 +58,22 @@ def _seed(engine):
     write_windows(engine, surge_series(hour_floor(datetime.now(timezone.utc)), key="ACME"))
 
 
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The service's /metrics as {(sample name, sorted labels): value}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_two_instances_exactly_one_sends_and_the_standby_takes_over(engine, alert_settings, tmp_path, hook, mailbox):
     _seed(engine)
     rules = write_rules(tmp_path / "rules.yaml", port=hook.port)
-    a = _start(alert_settings, rules, tmp_path / "a.log")
-    b = _start(alert_settings, rules, tmp_path / "b.log")
+    ports = {"a": free_port(), "b": free_port()}
+    a = _start(alert_settings, rules, tmp_path / "a.log", FINPULSE_ALERTS_METRICS_PORT=str(ports["a"]))
+    b = _start(alert_settings, rules, tmp_path / "b.log", FINPULSE_ALERTS_METRICS_PORT=str(ports["b"]))
     try:
         wait_for(lambda: _scalar(engine, "SELECT count(*) FROM alert_outbox WHERE state = 'sent'") == 4,
                  what="4 messages sent")
@@ -74,6 +87,23 @@ def test_two_instances_exactly_one_sends_and_the_standby_takes_over(engine, aler
         leader = _scalar(engine, "SELECT holder FROM alert_leader")
         leader_proc, standby = (a, b) if leader.endswith(f":{a.pid}") else (b, a)
         assert leader.endswith(f":{leader_proc.pid}")
+        # Scraped from the running services: the leader evaluated, queued and sent; the standby did none of it.
+        led = wait_for(lambda: (m := _scrape(ports["a" if leader_proc is a else "b"]))[
+            ("finpulse_alerts_outbox_pending", (("receiver", "hook"),))] == 0 and m, what="pending 0 scraped")
+        stood = _scrape(ports["b" if leader_proc is a else "a"])
+        assert led[("finpulse_alerts_is_leader", ())] == 1 and stood[("finpulse_alerts_is_leader", ())] == 0
+        for receiver in ("hook", "mail"):
+            for event in ("queued", "sent"):
+                assert led[("finpulse_alerts_messages_total", (("event", event), ("receiver", receiver)))] == 2
+            assert led[("finpulse_alerts_delivery_duration_seconds_count", (("receiver", receiver),))] == 2
+            assert ("finpulse_alerts_messages_total", (("event", "failed"), ("receiver", receiver))) not in led
+        for event in ("pending", "firing", "resolved"):
+            assert led[("finpulse_alerts_transitions_total", (("event", event),))] == 1
+        assert led[("finpulse_alerts_evaluations_total", (("result", "evaluated"),))] >= 1
+        assert led[("finpulse_alerts_evaluation_duration_seconds_count", ())] >= 1
+        assert led[("finpulse_alerts_last_evaluation_timestamp_seconds", ())] > 1.7e9
+        assert stood[("finpulse_alerts_evaluations_total", (("result", "standby"),))] >= 1
+        assert not any(name == "finpulse_alerts_messages_total" for name, _ in stood)
         _kill9(leader_proc)
         wait_for(lambda: _scalar(engine, "SELECT holder FROM alert_leader").endswith(f":{standby.pid}"),
                  timeout=30, what="the standby to take the lead")
@@ -139,9 +169,31 @@ def test_service_with_the_shipped_rules_runs_on_an_empty_table(alert_settings, t
         status = subprocess.run([sys.executable, "-m", "finpulse", "alerts", "status"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert "running" in status.stdout and "leader" in status.stdout
+        pid = int((tmp_path / "alerts" / "alerts.pid").read_text())
+        figures = json.loads(subprocess.run([sys.executable, "-m", "finpulse", "alerts", "status", "--json"], env=env,
+                                            capture_output=True, text=True, timeout=60).stdout)
+        assert figures["service"]["running"] and figures["service"]["pid"] == pid
+        assert figures["leader"]["holder"].endswith(f":{pid}") and 0 <= figures["leader"]["heartbeat_age_seconds"] < 30
+        assert figures["last_evaluation"]["skipped"] == "no windows in sentiment_windows yet"
+        assert figures["episodes"] == {"firing": 0, "pending": 0} and figures["outbox"] == {"pending": 0, "dead": 0}
     finally:
         stop = subprocess.run([sys.executable, "-m", "finpulse", "alerts", "stop"], env=env, capture_output=True,
                               text=True, timeout=60)
     assert stop.stdout.strip() == "stopped"
     text = log.read_text()
     assert "Traceback" not in text and "receiver email is off" in text
+
+
+def test_a_taken_metrics_port_is_one_line_naming_the_setting(alert_settings, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "finpulse", "alerts", "run"], capture_output=True, text=True,
+                                env=service_env(alert_settings, FINPULSE_ALERTS_METRICS_PORT=str(port)), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot serve metrics on 127.0.0.1:{port} (Address already in use): set FINPULSE_ALERTS_METRICS_PORT "
+        "to a free port, or 0 for no metrics")

@@ -12,12 +12,13 @@ from pipeline.job import JobError, JobOptions, parse_trigger, progress_lag, read
 from tests.pipeline.conftest import REPO
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), (" 1.5 s ", 1.5)])
+@pytest.mark.parametrize(("text", "seconds"), [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), (" 1.5 s ", 1.5),
+                                                ("2", 2.0)])  # a bare number is seconds (finpulse.durations)
 def test_parse_trigger(text, seconds):
     assert parse_trigger(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "2", "two seconds", "0s", "-1s"])
+@pytest.mark.parametrize("text", ["", "two seconds", "0s", "-1s", "2w"])
 def test_parse_trigger_rejects(text):
     with pytest.raises(JobError):
         parse_trigger(text)

@@ -141,7 +141,7 @@ def test_parse_widths_and_durations():
     assert windows.parse_widths("1h, 1m,1d,1m") == [timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)]
     assert windows.parse_duration("90s") == timedelta(seconds=90)
     assert windows.parse_duration(timedelta(hours=2)) == timedelta(hours=2)
-    for bad in ("", "1x", "1.5h", "0m", "-1m", "1m,abc"):
+    for bad in ("", "1x", "1.5s", "0m", "-1m", "1m,abc"):  # 1.5s: widths are whole seconds
         with pytest.raises(ValueError):
             windows.parse_widths(bad)
     assert windows.plan(windows.parse_widths("1m,1h,1d")) == [(60, None), (3600, 60), (86400, 3600)]
