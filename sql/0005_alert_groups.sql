@@ -1,4 +1,4 @@
--- finpulse schema, version 4: alert groups (Alertmanager's aggregation groups) and the last evaluation.
+-- finpulse schema, version 5: alert groups (Alertmanager's aggregation groups) and the last evaluation.
 
 -- One row per live notification group: a receiver's route and the values of its group_by labels
 -- (group_key, Alertmanager's groupKey). It lives from the evaluation that first had something to
