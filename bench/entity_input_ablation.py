@@ -1,4 +1,4 @@
-"""How the entity head should read a pair: entity-only training runs side by side (issue 10).
+"""How the entity head should read an entity: entity-only training runs side by side (issues 10 and 16).
 
 Each variant fine-tunes all-MiniLM-L6-v2 (full mode) on the SEntFiN entity training rows alone,
 same split, seed, epochs and learning rates, and differs only in its entity input:
@@ -6,7 +6,10 @@ same split, seed, epochs and learning rates, and differs only in its entity inpu
 - ``mean``: ``entity [SEP] text``, all-token mean (the round-2 shipped model's entity input);
 - ``mark``: the entity's mentions in the text wrapped in ``« »``, all-token mean;
 - ``segment``: no marks, all-token mean + the entity's own word pieces' mean;
-- ``mark_segment``: both.
+- ``mark_segment``: both;
+- ``span``: one pass over the text alone (no pair): the text's mean + the mean of the entity's mention
+  pieces (what lets one encoder pass per document serve every entity it names);
+- ``span_mark``: the same with every entity of the headline marked ``« »``.
 
 Scored on the held-out entity rows (all / mixed headlines; the copy-the-document-label baseline
 uses the shipped model) and on the entity checklist (``models/evaluation/data/entity_checklist.yaml``).
@@ -37,6 +40,7 @@ from models.scorer import Scorer
 from models.training.train import TrainConfig, train
 
 VARIANTS = {"mean": (False, "mean"), "mark": (True, "mean"), "segment": (False, "segment"),
+            "span": (False, "span"), "span_mark": (True, "span"),
             "mark_segment": (True, "segment")}
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -42,7 +42,8 @@ def predict_command(input_path, text_column, output, model_dir, explain, max_chu
     import pandas as pd
 
     from models.training.corpus import read_table
-    from models.scorer import PREDICTION_COLUMNS, Scorer
+    from models.results import PREDICTION_COLUMNS
+    from models.scorer import Scorer
 
     _threads(threads)
     table = read_table(input_path)

@@ -23,14 +23,16 @@ import numpy as np
 import pandas as pd
 
 from models.network import ENTITY_TASK
-from models.scorer import ColumnArrays
+from models.results import EntityArrays
+from models.scorer import has_entity_head
 from models.text import model_text
 
 _SPECIAL = ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")
 MARK_OPEN, MARK_CLOSE = "«", "»"  # one word piece each in the BERT vocabulary, and rare in financial text
 
 
-def _strip_special(text: str) -> str:
+def strip_special(text: str) -> str:
+    """``model_text`` of ``text`` with special-token literals (``[SEP]``, ``[CLS]`` ...) removed first."""
     for token in _SPECIAL:
         text = text.replace(token, " ")
     return model_text(text)
@@ -47,10 +49,71 @@ def mark_mentions(entity: str, text: str) -> str:
     return pattern.sub(lambda m: f"{MARK_OPEN} {m.group(0)} {MARK_CLOSE}", text)
 
 
+_TICKER_LIKE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,5}$")
+
+
+def _mention_pattern(name: str) -> re.Pattern:
+    """A name's mentions: at a word start, an optional leading ``$``. A ticker-like name (``T``, ``AAPL``,
+    ``BRK.B``) matches as written and as a whole word, else "T" would match every word starting with t;
+    other names match in any case and may run on into a suffix ("Acme's")."""
+    if _TICKER_LIKE.match(name):
+        return re.compile(r"(?<![\w$])\$?" + re.escape(name) + r"(?![\w&-])(?!\.\w)")
+    return re.compile(r"(?<![\w$])\$?" + re.escape(name), re.IGNORECASE)
+
+
+def mention_spans(text: str, entities: Sequence[Sequence[str]]) -> list[list[tuple[int, int]]]:
+    """Per entity (given by the names it goes by: ``["AAPL", "Apple"]``), the character spans of its
+    mentions in ``text`` (``_mention_pattern``). Where mentions of two entities overlap, the longer one wins ("Tata Motors" over "Tata"),
+    so no text is read for two entities."""
+    found: list[tuple[int, int, int]] = []  # (start, end, entity index)
+    for index, names in enumerate(entities):
+        for name in {n.strip().lstrip("$") for n in names if n and n.strip().lstrip("$")}:
+            found.extend((m.start(), m.end(), index) for m in _mention_pattern(name).finditer(text))
+    spans: list[list[tuple[int, int]]] = [[] for _ in entities]
+    kept: list[tuple[int, int]] = []
+    for start, end, index in sorted(found, key=lambda f: (f[0] - f[1], f[0])):  # longest first
+        if not any(start < e and end > b for b, e in kept):
+            kept.append((start, end))
+            spans[index].append((start, end))
+    return [sorted(s) for s in spans]
+
+
+@dataclass(frozen=True)
+class SpanText:
+    """A text prepared for ``span`` pooling: what the encoder reads, and per entity its mentions' spans in it."""
+
+    text: str
+    spans: list[list[tuple[int, int]]]
+
+
+def span_text(text: str, entities: Sequence[Sequence[str]], *, mark: bool) -> SpanText:
+    """The model text of ``text`` (``models.text.model_text``) and each entity's mention spans in it; with
+    ``mark`` every mention of every entity is wrapped in ``« »`` (its span then covers the marks), so the
+    encoder sees where the text names a company."""
+    # Special-token literals go too: a "[SEP]" typed into a tweet must not split what the model reads.
+    cleaned = strip_special(text.replace(MARK_OPEN, '"').replace(MARK_CLOSE, '"'))
+    spans = mention_spans(cleaned, entities)
+    if not mark:
+        return SpanText(cleaned, spans)
+    owned = sorted((start, end, index) for index, entity_spans in enumerate(spans) for start, end in entity_spans)
+    pieces, marked, cursor = [], [[] for _ in entities], 0
+    length = 0
+    for start, end, index in owned:
+        pieces.append(cleaned[cursor:start])
+        length += start - cursor
+        mention = f"{MARK_OPEN} {cleaned[start:end]} {MARK_CLOSE}"
+        marked[index].append((length, length + len(mention)))
+        pieces.append(mention)
+        length += len(mention)
+        cursor = end
+    pieces.append(cleaned[cursor:])
+    return SpanText("".join(pieces), marked)
+
+
 def pair_text(entity: str, text: str, *, mark: bool = False) -> str:
     """The one sequence the entity head reads: ``entity [SEP] text`` (special-token literals in the inputs removed;
     with ``mark`` the entity's mentions in the text wrapped in ``« »``)."""
-    return _join(_strip_special(entity), _strip_special(text), mark=mark)
+    return _join(strip_special(entity), strip_special(text), mark=mark)
 
 
 def _join(entity: str, text: str, *, mark: bool) -> str:
@@ -63,36 +126,6 @@ def pair_texts(frame: pd.DataFrame, *, mark: bool) -> list[str]:
     return [pair_text(e, t, mark=mark) for e, t in zip(frame["entity"], frame["title"], strict=True)]
 
 
-@dataclass(frozen=True)
-class EntityArrays(ColumnArrays):
-    """Entity-level scores aligned with the input pairs; ``status`` ``empty`` where text or entity is blank
-    (its probabilities NaN, its sentiment None)."""
-
-    model_version: str
-    status: np.ndarray
-    sentiment: np.ndarray
-    p_negative: np.ndarray
-    p_neutral: np.ndarray
-    p_positive: np.ndarray
-    truncated: np.ndarray
-
-    ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "truncated")
-    DTYPES = {"p_negative": np.float32, "p_neutral": np.float32, "p_positive": np.float32, "truncated": bool}
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """The probability of the predicted class (NaN where empty)."""
-        return np.stack([self.p_negative, self.p_neutral, self.p_positive], 1).max(1)
-
-    def to_frame(self, prefix: str = "entity_") -> pd.DataFrame:
-        return pd.DataFrame({f"{prefix}{name}": getattr(self, name) for name in self.ARRAY_FIELDS})
-
-
-def has_entity_head(scorer) -> bool:
-    """Whether ``scorer`` (a ``Scorer`` or a ``RemoteScorer``) serves a model with an entity head."""
-    return ENTITY_TASK in scorer.labels
-
-
 def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | None]) -> EntityArrays:
     """Sentiment towards ``entities[i]`` in ``texts[i]``, one batch for all pairs (what the pipeline calls per Arrow batch)."""
     if not has_entity_head(scorer):
@@ -101,9 +134,11 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
     texts, entities = list(texts), list(entities)
     if len(texts) != len(entities):
         raise ValueError(f"{len(texts)} texts but {len(entities)} entities")
+    if scorer.entity_input["pooling"] == "span":
+        return _score_pairs_by_text(scorer, texts, entities)
     n = len(texts)
     # cleaned once: a pair is readable when both its entity and its text keep something
-    cleaned = [(_strip_special(e), _strip_special(t)) if isinstance(t, str) and isinstance(e, str) else ("", "")
+    cleaned = [(strip_special(e), strip_special(t)) if isinstance(t, str) and isinstance(e, str) else ("", "")
                for t, e in zip(texts, entities, strict=True)]
     mark = scorer.entity_input["mark"]
     pairs = [_join(e, t, mark=mark) if e and t else None for e, t in cleaned]
@@ -119,3 +154,25 @@ def score_pairs(scorer, texts: Sequence[str | None], entities: Sequence[str | No
                         p_positive=column["positive"], truncated=np.asarray(truncated, dtype=bool))
 
 
+def _score_pairs_by_text(scorer, texts: list[str | None], entities: list[str | None]) -> EntityArrays:
+    """``score_pairs`` for a ``span`` model: each distinct readable text is read once for all its entities."""
+    first: dict[str, int] = {}
+    asked: list[list[list[str]]] = []
+    where: list[tuple[int, int] | None] = []  # pair -> (distinct text, entity position in it)
+    for text, entity in zip(texts, entities, strict=True):
+        if not isinstance(text, str) or not isinstance(entity, str) or not strip_special(entity):
+            where.append(None)
+            continue
+        index = first.setdefault(text, len(first))
+        if index == len(asked):
+            asked.append([])
+        where.append((index, len(asked[index])))
+        asked[index].append([entity])
+    _, arrays = scorer.score_documents(list(first), asked, max_chunks=1)
+    flat = np.concatenate([[0], np.cumsum([len(a) for a in asked])]).astype(np.int64)
+    take = [int(flat[w[0]] + w[1]) for w in where if w is not None]
+    out = EntityArrays.empty(len(texts), model_version=scorer.version)
+    rows = [i for i, w in enumerate(where) if w is not None]
+    for name in EntityArrays.ARRAY_FIELDS:
+        getattr(out, name)[rows] = getattr(arrays, name)[take]
+    return out

@@ -26,7 +26,7 @@ from torch import nn
 # Hub downloads never work on our machines; fail fast instead of retrying a network call.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_NAME = "finpulse-minilm"
@@ -36,11 +36,15 @@ HEADS_FILE = "heads.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 ENTITY_TASK = "entity"
-# How the entity head pools a pair ``[CLS] entity [SEP] text [SEP]``: ``mean``, the mean of all
-# tokens (what the sentence heads read); ``segment``, that mean concatenated with the mean of the
-# entity's own word pieces (between [CLS] and the first [SEP]), which after six layers of attention
-# over the text carry what the text says about that entity.
-ENTITY_POOLINGS = ("mean", "segment")
+# How the entity head reads an entity. Pair modes (one encoder pass per (text, entity) pair,
+# ``[CLS] entity [SEP] text [SEP]``): ``mean``, the mean of all tokens (what the sentence heads read);
+# ``segment``, that mean concatenated with the mean of the entity's own word pieces (between [CLS] and
+# the first [SEP]). ``span`` (one pass per text, shared with the sentence heads): the text's mean
+# concatenated with the mean of the word pieces of the entity's mentions in the text, which after six
+# layers of attention carry what the text says about that entity; every entity of a text is read
+# from the same pass.
+PAIR_POOLINGS = ("mean", "segment")
+ENTITY_POOLINGS = (*PAIR_POOLINGS, "span")
 
 
 def resolve_base(base: str) -> Path:
@@ -98,9 +102,28 @@ class MultiHeadEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.entity_pooling = entity_pooling
         self.sep_token_id = sep_token_id
-        segment = entity_pooling == "segment"
-        self.heads = nn.ModuleDict({task: nn.Linear(hidden_size * (2 if segment and task == ENTITY_TASK else 1), len(names))
-                                    for task, names in labels.items()})
+        two_vectors = entity_pooling in ("segment", "span")
+        self.heads = nn.ModuleDict({task: nn.Linear(hidden_size * (2 if two_vectors and task == ENTITY_TASK else 1),
+                                                    len(names)) for task, names in labels.items()})
+
+    @property
+    def reads_spans(self) -> bool:
+        """Whether the entity head reads mention spans of the text's own pass (``span`` pooling)."""
+        return self.entity_pooling == "span" and ENTITY_TASK in self.heads
+
+    def encode(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
+               inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states, their mean over the text's tokens): what every head reads from."""
+        hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                              attention_mask=attention_mask).last_hidden_state
+        return hidden, mean_pool(hidden, attention_mask)
+
+    def span_logits(self, hidden: torch.Tensor, pooled: torch.Tensor, rows: torch.Tensor,
+                    span_mask: torch.Tensor) -> torch.Tensor:
+        """Entity logits (fp32) of ``span`` pooling for entities read from one batch's pass: entity ``i``
+        is in batch row ``rows[i]`` and its mentions are the tokens of ``span_mask[i]`` (n x tokens)."""
+        spans = mean_pool(hidden[rows], span_mask)
+        return self.heads[ENTITY_TASK](torch.cat([self.dropout(pooled[rows]), self.dropout(spans)], -1)).float()
 
     def forward(
         self,
@@ -108,14 +131,28 @@ class MultiHeadEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         inputs_embeds: torch.Tensor | None = None,
+        entity_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Logits per head (fp32). ``inputs_embeds`` instead of ids serves the explainer; with
-        ``segment`` entity pooling the entity head is then left out (the segment needs the ids)."""
-        hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds,
-                              attention_mask=attention_mask).last_hidden_state
-        pooled = self.dropout(mean_pool(hidden, attention_mask))
+        ``segment`` entity pooling the entity head is then left out (the segment needs the ids). With
+        ``span`` pooling the entity head reads each row's ``entity_mask`` (its entity's mention tokens;
+        training has one entity per row) and is left out without one."""
+        hidden, mean = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+        logits = self.text_logits(hidden, mean, input_ids, attention_mask)
+        if self.reads_spans and entity_mask is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            logits[ENTITY_TASK] = self.span_logits(hidden, mean, rows, entity_mask)
+        return logits
+
+    def text_logits(self, hidden: torch.Tensor, mean: torch.Tensor, input_ids: torch.Tensor | None,
+                    attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits (fp32) of every head that reads the whole sequence: the sentence heads, and a pair-mode
+        entity head (``span`` entity logits come from ``span_logits``)."""
+        pooled = self.dropout(mean)
         logits = {}
         for task, head in self.heads.items():
+            if task == ENTITY_TASK and self.entity_pooling == "span":
+                continue
             if task == ENTITY_TASK and self.entity_pooling == "segment":
                 if input_ids is None:
                     continue
@@ -155,6 +192,16 @@ def model_version(model_dir: Path) -> str:
         inference["entity_input"] = config["entity_input"]
     digest.update(json.dumps(inference, sort_keys=True).encode())
     return f"{config.get('name', MODEL_NAME)}-{config['mode']}-{digest.hexdigest()[:12]}"
+
+
+# What a model folder reads when its config names no languages: every model made before the setting
+# existed was trained on English text only.
+DEFAULT_LANGUAGES = ("en",)
+
+
+def model_languages(config: dict) -> tuple[str, ...]:
+    """The ISO 639-1 languages a model reads (``config.json`` ``languages``; English for older folders)."""
+    return tuple(config.get("languages") or DEFAULT_LANGUAGES)
 
 
 def entity_input(config: dict) -> dict:
@@ -199,6 +246,17 @@ def merge_lora(encoder: nn.Module, adapter: dict[str, torch.Tensor], *, scaling:
     return len(pairs)
 
 
+def base_encoder(folder: Path) -> nn.Module:
+    """The base encoder with its pretrained weights and without its pooler (the heads read mean-pooled tokens).
+
+    Loaded whole and the pooler dropped after, because loading without it makes transformers print a
+    report of the checkpoint's unused pooler weights in every process that loads the model.
+    """
+    encoder = AutoModel.from_pretrained(folder)
+    encoder.pooler = None
+    return encoder
+
+
 def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
     """The absolute model folder: ``model_dir``, else ``FINPULSE_MODEL_DIR``, else the shipped model."""
     if model_dir is None:
@@ -216,13 +274,16 @@ def load_model(model_dir: Path | None = None) -> LoadedModel:
     model_dir = resolve_model_dir(model_dir)
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     folder = resolve_base(config["base_model"])
-    encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
     if config["mode"] == "lora":
+        encoder = base_encoder(folder)
         lora = config["lora"]
         # Merged once here, so inference runs the plain encoder, pays nothing for LoRA and
         # needs no peft import (Spark executors and the model server do not install it).
         merge_lora(encoder, load_file(model_dir / ADAPTER_FILE), scaling=lora["alpha"] / lora["r"])
     else:
+        # The whole encoder is in the folder: build it from the base's config only, never reading the base's
+        # weights (faster, and no report of the base's pooler weights it would not use).
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder), add_pooling_layer=False)
         encoder.load_state_dict(load_file(model_dir / ENCODER_FILE))
     labels = config["labels"]
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from models.entity import EntityArrays
-from models.scorer import ScoreArrays
+from models.results import EntityArrays, ScoreArrays
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,38 @@ class RemoteScorer:
         if isinstance(arrays, dict):
             raise ScorerRejected(f"POST {self.url}{SCORE_PATH}: {arrays['error']}")
         return arrays
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the served model reads (from ``/info``)."""
+        return self._model_info("languages", lambda languages: tuple(str(x) for x in languages))
+
+    def score_documents(self, texts: Sequence[str | None], entities: Sequence[Sequence[Sequence[str]]], *,
+                        max_chunks: int | None = None) -> tuple[ScoreArrays, EntityArrays]:
+        """Each text's scores and the sentiment towards each entity it names, as ``Scorer.score_documents``
+        (one request; the server reads each chunk once for every entity in it)."""
+        payload = {"texts": [t if isinstance(t, str) else None for t in texts], "max_chunks": max_chunks,
+                   "entity_names": [[[str(n) for n in names] for names in entity] for entity in entities]}
+        if len(payload["texts"]) != len(payload["entity_names"]):
+            raise ValueError(f"{len(payload['texts'])} texts but {len(payload['entity_names'])} entity lists")
+        n_entities = sum(len(e) for e in payload["entity_names"])
+        if not payload["texts"]:
+            return ScoreArrays.empty(0, model_version=self.version), EntityArrays.empty(0, model_version=self.version)
+
+        def parse(body):
+            if isinstance(body, dict) and "error" in body:
+                return body
+            documents, arrays = ScoreArrays.from_dict(body["documents"]), EntityArrays.from_dict(body["entities"])
+            if len(documents) != len(payload["texts"]) or len(arrays) != n_entities:
+                raise ValueError(f"{len(documents)} scores for {len(payload['texts'])} texts, "
+                                 f"{len(arrays)} for {n_entities} entities")
+            return documents, arrays
+
+        answer = self._call("POST", SCORE_PATH, payload, parse=parse)
+        if isinstance(answer, dict):
+            raise ScorerRejected(f"POST {self.url}{SCORE_PATH}: {answer['error']}")
+        self._version = answer[0].model_version
+        return answer
 
     def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
         """Scores aligned with ``texts``; raises ``ScorerUnavailable``, never returns default scores."""

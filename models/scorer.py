@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.network import (ENTITY_TASK, LoadedModel, MultiHeadEncoder, bf16_supported, entity_input, load_model,
+                            model_languages, resolve_model_dir)
+from models.results import STATUS_NOT_FOUND, STATUS_OK, EntityArrays, Prediction, ScoreArrays
 from models.text import model_text
-from models.network import LoadedModel, MultiHeadEncoder, bf16_supported, entity_input, load_model, resolve_model_dir
 
 # A word piece is rarely shorter than one character and usually 4+, so this many characters per
 # allowed piece always covers what we read while sparing the tokenizer a 10 MB text.
@@ -42,8 +44,6 @@ FIRST_CHUNK_WEIGHT = 2.0
 # bench found batches of 32-128 short texts equally fast. CUDA: large batches keep a GPU busy;
 # MiniLM at 64 pieces uses well under 1 GB of activations for 64k tokens.
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
-STATUS_OK = "ok"
-STATUS_EMPTY = "empty"
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -114,8 +114,10 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [tokenizer.cls_token_id], [tokenizer.sep_token_id]
 
 
-def word_pieces(tokenizer, texts: list[str], *, max_length: int, max_chunks: int) -> tuple[list[list[int]], np.ndarray]:
-    """Word pieces (no special tokens) of each text, cut to ``max_chunks`` chunks' worth, and a truncated flag."""
+def word_pieces(tokenizer, texts: list[str], *, max_length: int, max_chunks: int,
+                offsets: bool = False) -> tuple[list[list[int]], np.ndarray] | tuple[list[list[int]], np.ndarray, list]:
+    """Word pieces (no special tokens) of each text, cut to ``max_chunks`` chunks' worth, and a truncated flag;
+    with ``offsets``, also each kept piece's (start, end) character offsets in its text."""
     prefix, suffix = special_tokens(tokenizer)
     per_chunk = max_length - len(prefix) - len(suffix)
     if per_chunk < 1:
@@ -123,8 +125,12 @@ def word_pieces(tokenizer, texts: list[str], *, max_length: int, max_chunks: int
     capacity = per_chunk * max_chunks
     char_cap = capacity * CHARS_PER_TOKEN_CAP
     clipped = [t[:char_cap] for t in texts]
-    pieces = tokenizer(clipped, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+    encoded = (tokenizer(clipped, add_special_tokens=False, truncation=False, verbose=False,
+                         return_offsets_mapping=offsets) if texts else {"input_ids": [], "offset_mapping": []})
+    pieces = encoded["input_ids"]
     truncated = np.array([len(p) > capacity or len(c) < len(t) for p, c, t in zip(pieces, clipped, texts)], dtype=bool)
+    if offsets:
+        return [p[:capacity] for p in pieces], truncated, [o[:capacity] for o in encoded["offset_mapping"]]
     return [p[:capacity] for p in pieces], truncated
 
 
@@ -184,6 +190,14 @@ def token_budget_batches(lengths: Sequence[int], *, token_budget: int, max_rows:
     return batches
 
 
+@dataclass(frozen=True)
+class SpanQuery:
+    """One entity read from one chunk's pass (``span`` pooling): the chunk and its mention tokens' positions."""
+
+    chunk: int
+    positions: tuple[int, ...]
+
+
 def forward_chunks(
     network: MultiHeadEncoder,
     ids: list[list[int]],
@@ -193,14 +207,27 @@ def forward_chunks(
     device: torch.device,
     autocast: torch.dtype | bool | None,
     max_rows: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Logits per head (fp32, on CPU) for each chunk of ``ids``, in the order of ``ids``."""
+    queries: Sequence[SpanQuery] = (),
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits per head (fp32, on CPU) for each chunk of ``ids``, in the order of ``ids``, and the entity logits
+    of each span query (in query order) from the same passes: one encoder pass per chunk, whatever the
+    number of entities."""
+    n_queries = len(queries)
+    span_head = network.heads[ENTITY_TASK].out_features if network.reads_spans else 0
     if not ids:
-        return {task: torch.empty(0, head.out_features) for task, head in network.heads.items()}
+        return ({task: torch.empty(0, head.out_features) for task, head in network.heads.items()
+                 if not (task == ENTITY_TASK and network.reads_spans)}, torch.empty(0, span_head))
+    if n_queries and not network.reads_spans:
+        raise ValueError("span queries need a model whose entity head reads spans (entity_input pooling 'span')")
     lengths = [len(x) for x in ids]
+    by_chunk: dict[int, list[int]] = {}
+    for q, query in enumerate(queries):
+        by_chunk.setdefault(query.chunk, []).append(q)
     cuda = device.type == "cuda"
-    outputs: dict[str, list[torch.Tensor]] = {task: [] for task in network.heads}
+    outputs: dict[str, list[torch.Tensor]] = {}
     order: list[np.ndarray] = []
+    span_parts: list[torch.Tensor] = []
+    span_order: list[int] = []
     with torch.inference_mode(), autocast_context(device, autocast):
         for batch in token_budget_batches(lengths, token_budget=token_budget, max_rows=max_rows):
             width = max(lengths[i] for i in batch)
@@ -214,12 +241,24 @@ def forward_chunks(
                 # Page-locked host memory lets the copy run asynchronously with the previous batch.
                 input_tensor = input_tensor.pin_memory().to(device, non_blocking=True)
                 mask_tensor = mask_tensor.pin_memory().to(device, non_blocking=True)
-            logits = network(input_tensor, mask_tensor)
-            for task, value in logits.items():
-                outputs[task].append(value.float())  # stays on the device until the end: one sync
+            hidden, mean = network.encode(input_tensor, mask_tensor)
+            for task, value in network.text_logits(hidden, mean, input_tensor, mask_tensor).items():
+                outputs.setdefault(task, []).append(value.float())  # stays on the device until the end: one sync
             order.append(batch)
+            asked = [(row, q) for row, i in enumerate(batch) for q in by_chunk.get(int(i), ())]
+            if asked:
+                rows = torch.tensor([row for row, _ in asked], dtype=torch.long)
+                span_mask = torch.zeros((len(asked), width), dtype=torch.long)
+                for k, (_, q) in enumerate(asked):
+                    span_mask[k, list(queries[q].positions)] = 1
+                span_parts.append(network.span_logits(hidden, mean, rows.to(device), span_mask.to(device)).float())
+                span_order.extend(q for _, q in asked)
     inverse = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
-    return {task: torch.cat(parts).cpu()[inverse] for task, parts in outputs.items()}
+    logits = {task: torch.cat(parts).cpu()[inverse] for task, parts in outputs.items()}
+    span_logits = torch.empty(0, span_head)
+    if span_parts:
+        span_logits = torch.cat(span_parts).cpu()[torch.from_numpy(np.argsort(np.asarray(span_order), kind="stable"))]
+    return logits, span_logits
 
 
 def batched_logits(
@@ -239,125 +278,56 @@ def batched_logits(
     """
     pieces, truncated = word_pieces(tokenizer, texts, max_length=max_length, max_chunks=1)
     chunks = make_chunks(tokenizer, pieces, truncated, max_length=max_length)
-    logits = forward_chunks(network, chunks.ids, pad_id=tokenizer.pad_token_id, token_budget=batch_size * max_length,
-                            device=device, autocast=bool(bf16), max_rows=batch_size)
+    logits, _ = forward_chunks(network, chunks.ids, pad_id=tokenizer.pad_token_id,
+                               token_budget=batch_size * max_length, device=device, autocast=bool(bf16),
+                               max_rows=batch_size)
     return logits, chunks.truncated
 
 
-# --- results --------------------------------------------------------------------------------
+def batched_span_logits(network: MultiHeadEncoder, tokenizer, inputs: Sequence, *, max_length: int, batch_size: int,
+                        device: torch.device, bf16: bool) -> torch.Tensor:
+    """Entity logits of each input's first entity (``models.entity.SpanText``: text and mention spans), read from
+    the text's first chunk as training reads it, in input order; zeros where no mention is read (what
+    training's validation and the calibration of a ``span`` entity head use)."""
+    pieces, truncated, offsets = word_pieces(tokenizer, [i.text for i in inputs], max_length=max_length,
+                                             max_chunks=1, offsets=True)
+    pieces = [p or [tokenizer.unk_token_id] for p in pieces]  # an unreadable text still gets its (zero) row
+    chunks = make_chunks(tokenizer, pieces, truncated, max_length=max_length)
+    queries, owners = [], []
+    for index, item in enumerate(inputs):
+        for query in span_queries(item.spans[0] if item.spans else [], offsets[index], first_chunk=index,
+                                  per_chunk=max_length - 2):
+            queries.append(query)
+            owners.append(index)
+    _, span = forward_chunks(network, chunks.ids, pad_id=tokenizer.pad_token_id, token_budget=batch_size * max_length,
+                             device=device, autocast=bool(bf16), max_rows=batch_size, queries=queries)
+    out = torch.zeros(len(inputs), network.heads[ENTITY_TASK].out_features)
+    if owners:
+        out[torch.tensor(owners)] = span
+    return out
 
 
-PROBABILITY_FIELDS = ("p_negative", "p_neutral", "p_positive", "topic_confidence")
-
-
-class ColumnArrays:
-    """Equal-length column arrays plus a ``model_version``: what ``ScoreArrays`` and
-    ``models.entity.EntityArrays`` share (length check, slicing, the JSON form the model server sends).
-
-    A subclass is a frozen dataclass with the ``model_version`` field and one field per name in
-    ``ARRAY_FIELDS``; ``DTYPES`` gives the numpy dtype of the columns that are not object
-    columns (probabilities are float32, NaN where there is none).
-    """
-
-    ARRAY_FIELDS: tuple[str, ...] = ()
-    DTYPES: dict[str, type] = {}
-
-    def __post_init__(self) -> None:
-        lengths = {name: len(getattr(self, name)) for name in self.ARRAY_FIELDS}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"{type(self).__name__} columns differ in length: {lengths}")
-
-    def __len__(self) -> int:
-        return len(getattr(self, self.ARRAY_FIELDS[0]))
-
-    def rows(self, start: int, stop: int):
-        """Rows ``start:stop`` as a new instance (the model server splits a merged batch back)."""
-        return type(self)(model_version=self.model_version,
-                          **{name: getattr(self, name)[start:stop] for name in self.ARRAY_FIELDS})
-
-    def to_dict(self) -> dict:
-        """JSON-able: lists, NaN as None."""
-        out: dict = {"model_version": self.model_version}
-        for name in self.ARRAY_FIELDS:
-            values = getattr(self, name).tolist()
-            if self.DTYPES.get(name) is np.float32:
-                values = [None if math.isnan(v) else float(v) for v in values]
-            out[name] = values
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """Inverse of ``to_dict`` (None -> NaN for probabilities); a missing field is a KeyError, columns of
-        unequal length a ValueError."""
-        columns = {}
-        for name in cls.ARRAY_FIELDS:
-            values, dtype = d[name], cls.DTYPES.get(name, object)
-            if dtype is np.float32:
-                values = [np.nan if v is None else v for v in values]
-            columns[name] = np.array(values, dtype=dtype)
-        return cls(model_version=str(d["model_version"]), **columns)
+def span_queries(spans: list[tuple[int, int]], offsets: list[tuple[int, int]], *, first_chunk: int,
+                 per_chunk: int) -> list[SpanQuery]:
+    """The queries that read one entity: per chunk holding any of its mention pieces, their positions
+    (after [CLS]). ``offsets`` are the character offsets of the text's pieces that are read."""
+    by_chunk: dict[int, list[int]] = {}
+    for index, (start, end) in enumerate(offsets):
+        if end > start and any(start < span_end and end > span_start for span_start, span_end in spans):
+            by_chunk.setdefault(first_chunk + index // per_chunk, []).append(1 + index % per_chunk)
+    return [SpanQuery(chunk, tuple(positions)) for chunk, positions in sorted(by_chunk.items())]
 
 
 @dataclass(frozen=True)
-class ScoreArrays(ColumnArrays):
-    """Scores of n texts as column arrays aligned with the input (no per-row objects).
-
-    ``status`` is ``ok`` or ``empty`` (None, blank, or nothing left after ``model_text``). Where
-    not ok: sentiment and topic None, probabilities NaN, ``n_chunks`` 0 — an unread text is
-    never reported as neutral. ``truncated``: text beyond ``max_chunks`` chunks was left unread.
-    """
-
-    model_version: str
-    status: np.ndarray
-    sentiment: np.ndarray
-    p_negative: np.ndarray
-    p_neutral: np.ndarray
-    p_positive: np.ndarray
-    topic: np.ndarray
-    topic_confidence: np.ndarray
-    n_chunks: np.ndarray
-    truncated: np.ndarray
-
-    ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "topic", "topic_confidence",
-                    "n_chunks", "truncated")
-    DTYPES = {**{name: np.float32 for name in PROBABILITY_FIELDS}, "n_chunks": np.int32, "truncated": bool}
-
-    @classmethod
-    def empty(cls, n: int, *, model_version: str) -> ScoreArrays:
-        """n rows of status ``empty``."""
-        nan = np.full(n, np.nan, dtype=np.float32)
-        none = np.full(n, None, dtype=object)
-        return cls(model_version=model_version, status=np.full(n, STATUS_EMPTY, dtype=object), sentiment=none.copy(),
-                   p_negative=nan.copy(), p_neutral=nan.copy(), p_positive=nan.copy(), topic=none.copy(),
-                   topic_confidence=nan.copy(), n_chunks=np.zeros(n, dtype=np.int32), truncated=np.zeros(n, dtype=bool))
-
-    def to_frame(self) -> pd.DataFrame:
-        """The arrays as a DataFrame with ``PREDICTION_COLUMNS``, index 0..n-1."""
-        frame = pd.DataFrame({name: getattr(self, name) for name in self.ARRAY_FIELDS})
-        frame["model_version"] = self.model_version
-        return frame[PREDICTION_COLUMNS]
+class _Scored:
+    documents: ScoreArrays
+    distributions: dict[str, np.ndarray]
+    entities: EntityArrays | None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Prediction:
-    """One scored text (``Scorer.score``; the stream uses ``ScoreArrays``). Fields as in ``ScoreArrays``."""
-
-    sentiment: str | None
-    p_negative: float
-    p_neutral: float
-    p_positive: float
-    topic: str | None
-    topic_confidence: float
-    model_version: str
-    status: str
-    truncated: bool = False
-    n_chunks: int = 0
-
-
-PREDICTION_COLUMNS = [
-    "sentiment", "p_negative", "p_neutral", "p_positive", "topic", "topic_confidence", "model_version",
-    "status", "truncated", "n_chunks",
-]
+def has_entity_head(scorer) -> bool:
+    """Whether ``scorer`` (a ``Scorer`` or a ``RemoteScorer``) serves a model with an entity head."""
+    return ENTITY_TASK in scorer.labels
 
 
 class Scorer:
@@ -390,9 +360,11 @@ class Scorer:
         self.first_chunk_weight = first_chunk_weight
         self.network = model.network.to(self.device).eval()
         self.labels = model.config["labels"]
+        self.languages = model_languages(model.config)  # what it reads; other languages are not scored
         self.temperature = model.config.get("temperature", {})
         self.entity_input = entity_input(model.config)  # how score_pairs builds a pair for this model
         self.version = model.version
+        self.passes = 0  # sequences run through the encoder (chunks, and pairs for a pair-mode entity head)
 
     @property
     def bf16(self) -> bool:
@@ -413,33 +385,92 @@ class Scorer:
 
     def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
         """Scores aligned with ``texts``; non-str, blank or unreadable entries get status ``empty``."""
-        return self._score(texts, max_chunks=max_chunks)[0]
+        return self._score(texts, max_chunks=max_chunks).documents
 
-    def _score(self, texts: Sequence[str | None], *, max_chunks: int | None) -> tuple[ScoreArrays, dict[str, np.ndarray]]:
-        """``score_arrays`` plus each head's full aggregated distribution (n x classes, NaN rows where empty)."""
+    def score_documents(self, texts: Sequence[str | None], entities: Sequence[Sequence[Sequence[str]]], *,
+                        max_chunks: int | None = None) -> tuple[ScoreArrays, EntityArrays]:
+        """Each text's scores and the sentiment towards each entity it names, from one encoder pass per chunk.
+
+        ``entities[i]`` lists the entities to read in ``texts[i]``, each as the names it goes by in text
+        (``["AAPL", "Apple"]``: a cashtag ``$AAPL`` matches ``AAPL``). The ``EntityArrays`` rows follow
+        text order, then entity order. An entity not mentioned in what the model read is ``not_found``.
+        A model whose entity head reads pairs (made before ``span`` pooling) pays a pass per entity here.
+        """
+        if len(entities) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(entities)} entity lists")
+        if not has_entity_head(self):
+            raise ValueError(f"model {self.version} has no entity head (labels {sorted(self.labels)})")
+        if not self.network.reads_spans:
+            documents = self.score_arrays(texts, max_chunks=max_chunks)
+            flat_texts = [t for t, names in zip(texts, entities) for _ in names]
+            flat_names = [next((n for n in e if n and n.strip()), None) for names in entities for e in names]
+            from models.entity import score_pairs
+
+            return documents, score_pairs(self, flat_texts, flat_names)
+        scored = self._score(texts, max_chunks=max_chunks, entities=entities)
+        return scored.documents, scored.entities
+
+    def _score(self, texts: Sequence[str | None], *, max_chunks: int | None,
+               entities: Sequence[Sequence[Sequence[str]]] | None = None) -> _Scored:
+        """Documents' scores, each head's full aggregated distribution (n x classes, NaN rows where empty) and,
+        with ``entities`` (``span`` models), the entities' scores read from the same passes."""
         max_chunks = self.max_chunks if max_chunks is None else int(max_chunks)
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be >= 1, not {max_chunks}")
         texts = list(texts)
+        n_entities = sum(len(e) for e in entities) if entities is not None else 0
         result = ScoreArrays.empty(len(texts), model_version=self.version)
         distributions = {task: np.full((len(texts), len(names)), np.nan) for task, names in self.labels.items()}
-        cleaned = [model_text(t) if isinstance(t, str) else "" for t in texts]
+        entity_result = (EntityArrays.empty(n_entities, model_version=self.version) if entities is not None else None)
+        if entities is not None:
+            from models.entity import span_text
+
+            prepared = [span_text(t, entities[i], mark=self.entity_input["mark"]) if isinstance(t, str) else None
+                        for i, t in enumerate(texts)]
+            cleaned = [st.text if st is not None else "" for st in prepared]
+        else:
+            # A span model reads documents without special-token literals (``models.entity.span_text``), with or
+            # without entities asked about; other models read pairs built with them, so they keep them.
+            if self.network.reads_spans:
+                from models.entity import strip_special as clean
+            else:
+                clean = model_text
+            cleaned = [clean(t) if isinstance(t, str) else "" for t in texts]
         candidates = [i for i, t in enumerate(cleaned) if t]
         tokenizer = self.model.tokenizer
-        pieces, truncated = word_pieces(tokenizer, [cleaned[i] for i in candidates], max_length=self.max_length,
-                                        max_chunks=max_chunks)
+        split = word_pieces(tokenizer, [cleaned[i] for i in candidates], max_length=self.max_length,
+                            max_chunks=max_chunks, offsets=entities is not None)
+        pieces, truncated = split[0], split[1]
         # A text of only characters the tokenizer drops (zero-width spaces, control characters)
         # has nothing for the model to read: empty, like a blank one.
         readable = [k for k, p in enumerate(pieces) if p]
         keep = np.asarray([candidates[k] for k in readable], dtype=np.int64)
         if len(keep) == 0:
-            return result, distributions
+            return _Scored(result, distributions, entity_result)
         chunks = make_chunks(tokenizer, [pieces[k] for k in readable], truncated[readable],
                              max_length=self.max_length, first_chunk_weight=self.first_chunk_weight)
-        logits = forward_chunks(self.network, chunks.ids, pad_id=tokenizer.pad_token_id,
-                                token_budget=self.token_budget, device=self.device, autocast=self.autocast_dtype,
-                                max_rows=self.batch_size)
         starts = np.concatenate([[0], np.cumsum(chunks.n_chunks)[:-1]]).astype(np.int64)
+        queries, owners = [], []
+        if entities is not None:
+            entity_offset = np.concatenate([[0], np.cumsum([len(e) for e in entities])]).astype(np.int64)
+            offsets = split[2]
+            for position, k in enumerate(readable):
+                text_index = candidates[k]
+                for j, spans in enumerate(prepared[text_index].spans):
+                    for query in span_queries(spans, offsets[k], first_chunk=int(starts[position]),
+                                              per_chunk=self.max_length - 2):
+                        queries.append(query)
+                        owners.append(int(entity_offset[text_index]) + j)
+            readable_texts = set(keep.tolist())
+            for text_index in range(len(texts)):
+                if text_index in readable_texts:
+                    first, last = entity_offset[text_index], entity_offset[text_index + 1]
+                    entity_result.status[first:last] = STATUS_NOT_FOUND
+                    entity_result.truncated[first:last] = bool(truncated[candidates.index(text_index)])
+        logits, span_logits = forward_chunks(self.network, chunks.ids, pad_id=tokenizer.pad_token_id,
+                                             token_budget=self.token_budget, device=self.device,
+                                             autocast=self.autocast_dtype, max_rows=self.batch_size, queries=queries)
+        self.passes += len(chunks.ids)
         probs = {}
         for task, value in logits.items():
             per_chunk = torch.softmax(value / float(self.temperature.get(task, 1.0)), dim=-1).numpy().astype(np.float64)
@@ -456,13 +487,32 @@ class Scorer:
         result.truncated[keep] = chunks.truncated
         for task, values in probs.items():
             distributions[task][keep] = values
-        return result, distributions
+        if queries:
+            self._fill_entities(entity_result, span_logits, queries, owners)
+        return _Scored(result, distributions, entity_result)
+
+    def _fill_entities(self, result: EntityArrays, span_logits: torch.Tensor, queries: list[SpanQuery],
+                       owners: list[int]) -> None:
+        """Each entity's probabilities: its chunks' calibrated distributions, weighted by mention tokens read."""
+        per_query = torch.softmax(span_logits / float(self.temperature.get(ENTITY_TASK, 1.0)), dim=-1).numpy()
+        weights = np.asarray([len(q.positions) for q in queries], dtype=np.float64)
+        owner = np.asarray(owners, dtype=np.int64)
+        totals = np.zeros((len(result), per_query.shape[1]))
+        np.add.at(totals, owner, per_query * weights[:, None])
+        mass = np.bincount(owner, weights=weights, minlength=len(result))
+        found = np.flatnonzero(mass > 0)
+        probs = totals[found] / mass[found, None]
+        names = np.asarray(self.labels[ENTITY_TASK], dtype=object)
+        result.status[found] = STATUS_OK
+        result.sentiment[found] = names[probs.argmax(1)]
+        for k, name in enumerate(self.labels[ENTITY_TASK]):
+            getattr(result, f"p_{name}")[found] = probs[:, k]
 
     def probabilities(self, texts: list[str | None], *, max_chunks: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Each head's calibrated, chunk-aggregated distribution (n x classes, label order; NaN rows where
         empty) and the truncated flags."""
-        arrays, distributions = self._score(texts, max_chunks=max_chunks)
-        return distributions, arrays.truncated
+        scored = self._score(texts, max_chunks=max_chunks)
+        return scored.distributions, scored.documents.truncated
 
     def score(self, texts: list[str | None], *, max_chunks: int | None = None) -> list[Prediction]:
         """One ``Prediction`` per input, in input order; bad input never fails the batch."""
@@ -477,9 +527,10 @@ class Scorer:
             for i in range(len(arrays))
         ]
 
-    def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]):
-        """Sentiment towards ``entities[i]`` in ``texts[i]`` for all pairs in one batch (``models.entity.EntityArrays``);
-        the model needs an ``entity`` head (ValueError otherwise)."""
+    def score_pairs(self, texts: Sequence[str | None], entities: Sequence[str | None]) -> EntityArrays:
+        """Sentiment towards ``entities[i]`` in ``texts[i]`` for all pairs at once (``EntityArrays``); the model
+        needs an ``entity`` head (ValueError otherwise). A ``span`` model reads each distinct text once for
+        all the entities asked about in it."""
         from models.entity import score_pairs
 
         return score_pairs(self, texts, entities)

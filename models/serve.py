@@ -41,11 +41,18 @@ class ScoreRequest(BaseModel):
     texts: list[str | None]
     max_chunks: int | None = Field(None, ge=1, le=MAX_CHUNKS_LIMIT)
     entities: list[str | None] | None = None  # set: sentiment towards entities[i] in texts[i] (entity head)
+    # set: the texts' scores and the sentiment towards each entity text i names (entity_names[i], each entity
+    # as the names it goes by), from one pass per chunk (``Scorer.score_documents``)
+    entity_names: list[list[list[str]]] | None = None
 
     @model_validator(mode="after")
     def _entities_align(self) -> "ScoreRequest":
         if self.entities is not None and len(self.entities) != len(self.texts):
             raise ValueError(f"{len(self.texts)} texts but {len(self.entities)} entities")
+        if self.entity_names is not None and len(self.entity_names) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.entity_names)} entity lists")
+        if self.entities is not None and self.entity_names is not None:
+            raise ValueError("give entities (pairs) or entity_names (documents), not both")
         return self
 
 
@@ -99,17 +106,38 @@ class ScorerAPI(ls.LitAPI):
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(requests)
         groups: dict[int, list[int]] = {}
+        documents: dict[int, list[int]] = {}
         pairs: list[int] = []
         for index, request in enumerate(requests):
             if request.entities is not None:
                 pairs.append(index)
+            elif request.entity_names is not None:
+                documents.setdefault(request.max_chunks or self.max_chunks, []).append(index)
             else:
                 groups.setdefault(request.max_chunks or self.max_chunks, []).append(index)
         ok = chunks = texts = 0
+        no_head = f"model {self.scorer.version} has no entity head"
         try:
+            for max_chunks, members in documents.items():
+                if "entity" not in self.scorer.labels:
+                    for i in members:
+                        results[i] = {"error": no_head}
+                    continue
+                flat = [t for i in members for t in requests[i].texts]
+                docs, entities = self.scorer.score_documents(
+                    flat, [e for i in members for e in requests[i].entity_names], max_chunks=max_chunks)
+                doc_offset = entity_offset = 0
+                for i in members:
+                    n, m = len(requests[i].texts), sum(len(e) for e in requests[i].entity_names)
+                    results[i] = {"documents": docs.rows(doc_offset, doc_offset + n).to_dict(),
+                                  "entities": entities.rows(entity_offset, entity_offset + m).to_dict()}
+                    doc_offset, entity_offset = doc_offset + n, entity_offset + m
+                texts += len(flat)
+                ok += int((docs.status == "ok").sum())
+                chunks += int(docs.n_chunks.sum())
             if pairs and "entity" not in self.scorer.labels:
                 for i in pairs:
-                    results[i] = {"error": f"model {self.scorer.version} has no entity head"}
+                    results[i] = {"error": no_head}
             elif pairs:
                 arrays = self.scorer.score_pairs([t for i in pairs for t in requests[i].texts],
                                                  [e for i in pairs for e in requests[i].entities])
@@ -195,7 +223,7 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
     """The LitServer, not started. Sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir) unless set."""
     import json
 
-    from models.network import CONFIG_FILE, ENTITY_TASK, entity_input, model_version, resolve_model_dir
+    from models.network import CONFIG_FILE, ENTITY_TASK, entity_input, model_languages, model_version, resolve_model_dir
 
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="finpulse-model-serve-metrics-")
@@ -205,7 +233,8 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
                 "max_length": config["max_length"], "labels": config["labels"], "max_batch_size": max_batch_size,
                 "batch_timeout": batch_timeout,
                 # How this model reads (text, entity) pairs: clients send raw pairs, the server builds them.
-                "entity_input": entity_input(config) if ENTITY_TASK in config["labels"] else None}
+                "entity_input": entity_input(config) if ENTITY_TASK in config["labels"] else None,
+                "languages": list(model_languages(config))}
     api = ScorerAPI(model_dir=str(folder), max_chunks=max_chunks, token_budget=token_budget, threads=threads,
                     max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     return ls.LitServer(api, accelerator=device, devices="auto", workers_per_device=workers_per_device,

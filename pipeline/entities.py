@@ -45,11 +45,14 @@ _CONTEXT = re.compile(
 
 @dataclass(frozen=True)
 class Link:
-    """One ticker a document is about. ``mention`` is the text that matched (None for producer links)."""
+    """One ticker a document is about. ``mention`` is the text that matched (None for producer links);
+    ``names`` are what the model looks for to find where the text speaks of it: the ticker, the mention
+    and the ticker's names in the alias table."""
 
     entity: str
     linked_by: str  # producer | cashtag | alias
     mention: str | None = None
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class EntityLinker:
             if len(alias.text) >= 4 and upper not in exact:
                 caps[upper] = Alias(upper, alias.ticker, alias.ambiguous)
         self.aliases: dict[str, Alias] = {**caps, **exact}
+        names: dict[str, dict[str, None]] = {}
+        for alias in exact.values():
+            names.setdefault(alias.ticker, {})[alias.text] = None
+        self._names = {ticker: tuple(found) for ticker, found in names.items()}
         pattern = _trie_pattern(self.aliases) if self.aliases else r"(?!x)x"
         self._pattern = re.compile(r"(?<![\w$&])(" + pattern + r")(?![\w&])")
 
@@ -153,7 +160,13 @@ class EntityLinker:
             if alias.ambiguous and not self._in_market_context(content, match.start(), match.end()):
                 continue
             links[alias.ticker] = Link(alias.ticker, "alias", match.group(1))
-        return list(links.values())
+        return [Link(link.entity, link.linked_by, link.mention, self.names_of(link.entity, link.mention))
+                for link in links.values()]
+
+    def names_of(self, ticker: str, mention: str | None = None) -> tuple[str, ...]:
+        """What a text may call ``ticker``: the ticker itself, ``mention`` and its names in the alias table."""
+        found = [ticker, *([mention.lstrip("$")] if mention else []), *self._names.get(ticker, ())]
+        return tuple(dict.fromkeys(found))
 
     @staticmethod
     def _in_market_context(content: str, start: int, end: int) -> bool:

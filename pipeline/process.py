@@ -269,87 +269,71 @@ def process_records(records: pd.DataFrame, *, scorer, linker: EntityLinker, conf
         pending.append((len(out), document))
         out.append(blank_row(row_type=ROW_DOCUMENT, **base, raw_payload=value, **_document_columns(document)))
 
-    linked: list[tuple[dict, str]] = []  # (document row, its content) with at least one entity link
     if pending:
-        # One call per Arrow batch: the scorer sorts and batches by length itself.
-        scores = scorer.score_arrays([doc.content for _, doc in pending], max_chunks=config.max_chunks)
-        if len(scores) != len(pending):
-            raise RuntimeError(f"scorer returned {len(scores)} results for {len(pending)} texts")
-        for i, (row_index, document) in enumerate(pending):
-            row = out[row_index]
-            status = scores.status[i]
-            if status == "empty":
-                row.update(blank_row(
-                    row_type=ROW_DEAD_LETTER, kafka_topic=row["kafka_topic"], kafka_partition=row["kafka_partition"],
-                    kafka_offset=row["kafka_offset"], kafka_timestamp=row["kafka_timestamp"], raw_key=row["raw_key"],
-                    raw_payload=row["raw_payload"], dl_stage=STAGE_SCORING, dl_reason="empty_text",
-                    dl_detail="title, text: nothing left to score after the model's text cleaning",
-                    dl_rejected_at=now, dl_source=document.source, dl_url=document.url,
-                ))
-                continue
-            if status != "ok":
-                raise RuntimeError(f"scorer status {status!r} for document {document.id!r}: expected ok or empty")
-            columns = _score_columns(scores, i)
-            if any(math.isnan(columns[p]) for p in ("p_negative", "p_neutral", "p_positive")) or not columns["sentiment"]:
-                raise RuntimeError(f"scorer returned status ok without probabilities for document {document.id!r}")
-            row.update(columns)
-            row["raw_payload"] = None  # the document's columns hold it; dead letters keep the raw bytes
-            row["entities"] = [
-                {"entity": link.entity, "entity_type": "ticker", "linked_by": link.linked_by, "mention": link.mention,
-                 "model_version": "", "sentiment": None, "confidence": None, "p_negative": None, "p_neutral": None,
-                 "p_positive": None}
-                for link in linker.link(title=document.title, text=document.text, tickers=document.tickers)
-            ]
-            if row["entities"]:
-                linked.append((row, document.content))
-        if linked:
-            score_entities(scorer, linked)
+        score_documents(scorer, linker, pending, out, config=config, now=now)
     return to_processed_frame(out)
 
 
-ENTITY_CONTEXT_CHARS = 300  # the text around a mention that the entity head reads (its window is 64 tokens)
+def score_documents(scorer, linker: EntityLinker, pending: list[tuple[int, Document]], out: list[dict], *,
+                    config: ProcessorConfig, now: pd.Timestamp) -> None:
+    """Link and score the batch's documents in one scorer call, filling their rows in ``out``.
+
+    With an entity head, each document's pass also reads the sentiment towards every ticker it is linked
+    to (``Scorer.score_documents``: one encoder pass per chunk, however many entities); a link whose ticker
+    the model does not find in the text it read keeps no entity-level score (its windows then count the
+    document's). Scorer exceptions propagate (the batch is retried); nothing becomes a default score.
+    """
+    links = [linker.link(title=document.title, text=document.text, tickers=document.tickers)
+             for _, document in pending]
+    contents = [document.content for _, document in pending]
+    entity_arrays = None
+    from models.scorer import has_entity_head
+
+    if has_entity_head(scorer):
+        # One call per Arrow batch: the scorer sorts and batches chunks by length itself.
+        scores, entity_arrays = scorer.score_documents(contents, [[link.names for link in doc] for doc in links],
+                                                       max_chunks=config.max_chunks)
+        n_links = sum(len(doc) for doc in links)
+        if len(entity_arrays) != n_links:
+            raise RuntimeError(f"scorer returned {len(entity_arrays)} entity scores for {n_links} links")
+    else:
+        scores = scorer.score_arrays(contents, max_chunks=config.max_chunks)
+    if len(scores) != len(pending):
+        raise RuntimeError(f"scorer returned {len(scores)} results for {len(pending)} texts")
+    entity_index = 0
+    for i, (row_index, document) in enumerate(pending):
+        row = out[row_index]
+        first_link, entity_index = entity_index, entity_index + len(links[i])
+        status = scores.status[i]
+        if status == "empty":
+            row.update(blank_row(
+                row_type=ROW_DEAD_LETTER, kafka_topic=row["kafka_topic"], kafka_partition=row["kafka_partition"],
+                kafka_offset=row["kafka_offset"], kafka_timestamp=row["kafka_timestamp"], raw_key=row["raw_key"],
+                raw_payload=row["raw_payload"], dl_stage=STAGE_SCORING, dl_reason="empty_text",
+                dl_detail="title, text: nothing left to score after the model's text cleaning",
+                dl_rejected_at=now, dl_source=document.source, dl_url=document.url,
+            ))
+            continue
+        if status != "ok":
+            raise RuntimeError(f"scorer status {status!r} for document {document.id!r}: expected ok or empty")
+        columns = _score_columns(scores, i)
+        if any(math.isnan(columns[p]) for p in ("p_negative", "p_neutral", "p_positive")) or not columns["sentiment"]:
+            raise RuntimeError(f"scorer returned status ok without probabilities for document {document.id!r}")
+        row.update(columns)
+        row["raw_payload"] = None  # the document's columns hold it; dead letters keep the raw bytes
+        row["entities"] = [_entity_columns(link, entity_arrays, first_link + k) for k, link in enumerate(links[i])]
 
 
-def entity_context(content: str, mention: str | None) -> str:
-    """The part of ``content`` the entity head reads for one mention: the title and opening when the
-    mention is there (or is not found), else the text around its first occurrence, cut at spaces."""
-    if not mention:
-        return content
-    at = content.lower().find(mention.lower())
-    if at < ENTITY_CONTEXT_CHARS // 2:
-        return content
-    start = content.rfind(" ", 0, at - ENTITY_CONTEXT_CHARS // 3) + 1
-    end = content.find(" ", at + len(mention) + ENTITY_CONTEXT_CHARS)
-    return content[start:] if end < 0 else content[start:end]
-
-
-def entity_name(link: dict) -> str:
-    """What the entity head is asked about: the words that matched (``Apple``, ``AAPL`` for ``$AAPL``),
-    else (a producer's ticker) the ticker."""
-    mention = (link["mention"] or "").lstrip("$").strip()
-    return mention or link["entity"]
-
-
-def score_entities(scorer, linked: list[tuple[dict, str]]) -> None:
-    """Fill each entity link's sentiment, confidence and probabilities from the model's entity head:
-    one ``score_pairs`` call for every link of the batch. A model without an entity head leaves them
-    NULL (per-ticker trends then use the document's score); a scorer failure propagates."""
-    from models.entity import has_entity_head
-
-    if not has_entity_head(scorer):
-        return
-    links = [link for row, _ in linked for link in row["entities"]]
-    texts = [entity_context(content, link["mention"]) for row, content in linked for link in row["entities"]]
-    arrays = scorer.score_pairs(texts, [entity_name(link) for link in links])
-    if len(arrays) != len(links):
-        raise RuntimeError(f"scorer returned {len(arrays)} entity scores for {len(links)} pairs")
-    confidence = arrays.confidence
-    for i, link in enumerate(links):
-        if arrays.status[i] != "ok":
-            continue  # a blank entity name: the link stays, without an entity-level score
-        link.update(model_version=arrays.model_version, sentiment=arrays.sentiment[i],
-                    confidence=float(confidence[i]), p_negative=float(arrays.p_negative[i]),
-                    p_neutral=float(arrays.p_neutral[i]), p_positive=float(arrays.p_positive[i]))
+def _entity_columns(link, arrays, index: int) -> dict[str, Any]:
+    """A link's row: its entity-level score when the model read one (status ok), else NULLs."""
+    row = {"entity": link.entity, "entity_type": "ticker", "linked_by": link.linked_by, "mention": link.mention,
+           "model_version": "", "sentiment": None, "confidence": None, "p_negative": None, "p_neutral": None,
+           "p_positive": None}
+    if arrays is not None and arrays.status[index] == "ok":
+        row.update(model_version=arrays.model_version, sentiment=arrays.sentiment[index],
+                   confidence=float(arrays.confidence[index]), p_negative=float(arrays.p_negative[index]),
+                   p_neutral=float(arrays.p_neutral[index]), p_positive=float(arrays.p_positive[index]))
+    return row
 
 
 _TIMESTAMPS = ("kafka_timestamp", "published_at", "fetched_at", "dl_rejected_at")

@@ -14,7 +14,7 @@ import torch
 from models.text import model_text
 from models.training.corpus import TASKS, Split
 from models.evaluation.metrics import classification_report
-from models.network import DEFAULT_BASE, bf16_supported, mean_pool, resolve_base
+from models.network import DEFAULT_BASE, base_encoder, bf16_supported, mean_pool, resolve_base
 from models.scorer import autocast_context
 
 VADER_THRESHOLD = 0.05
@@ -41,11 +41,11 @@ def vader_report(split: Split) -> dict:
 def frozen_embeddings(texts: list[str], *, base: str = DEFAULT_BASE, max_length: int = 64,
                       batch_size: int = 128) -> np.ndarray:
     """Mean-pooled embeddings of the untuned base encoder, in input order."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    encoder = base_encoder(folder).eval()
     device = torch.device("cpu")
     normalized = [model_text(t) for t in texts]
     encoded = tokenizer(normalized, truncation=True, max_length=max_length)["input_ids"]

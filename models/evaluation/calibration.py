@@ -93,7 +93,8 @@ def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
         logits = head_logits(scorer, split.val["text"].tolist(), task)
         report["validation"][task] = head_calibration(logits, split.val["label"].tolist(), list(TASKS[task]),
                                                       shipped_temperature=float(scorer.temperature.get(task, 1.0)))
-    from models.entity import ENTITY_TASK, has_entity_head, pair_texts
+    from models.entity import ENTITY_TASK, pair_texts
+    from models.scorer import has_entity_head
     from models.training.entity_data import entity_splits
 
     if has_entity_head(scorer):

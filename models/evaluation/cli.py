@@ -218,7 +218,7 @@ def checklist_command(cases_path, entity_cases_path, json_out, show_failures, mo
     """CheckList-style behavioural tests (slang, emojis, price targets, options, sarcasm, negation ...): pass rates;
     with an entity head also its cases (two companies, opposite fates, in one text)."""
     from models.evaluation.checklist import CHECKLIST_FILE, ENTITY_CHECKLIST_FILE, load_cases, load_entity_cases, run_checklist, run_entity_checklist
-    from models.entity import has_entity_head
+    from models.scorer import has_entity_head
 
     cases, margin = load_cases(cases_path or CHECKLIST_FILE)
     scorer = _load_scorer(model_dir, threads)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.entity import has_entity_head, score_pairs
+from models.entity import score_pairs
+from models.scorer import has_entity_head
 from models.evaluation.metrics import classification_report
 from models.training.corpus import SENTIMENT_LABELS
 

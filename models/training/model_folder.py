@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
-from models.network import ADAPTER_FILE, CONFIG_FILE, ENCODER_FILE, HEADS_FILE, MultiHeadEncoder, model_version, resolve_base
+from models.network import (ADAPTER_FILE, CONFIG_FILE, ENCODER_FILE, HEADS_FILE, MultiHeadEncoder, base_encoder,
+                            model_version, resolve_base)
 
 # LoRA on every attention and FFN projection of a BERT layer: query/key/value, the attention
 # output dense, the intermediate dense and the output dense ("dense" matches the last three).
@@ -20,7 +21,7 @@ def new_network(*, base: str, labels: dict[str, list[str]], mode: str, lora_r: i
                 entity_pooling: str = "mean"):
     """A fresh network for training; in ``lora`` mode the encoder is wrapped by peft."""
     folder = resolve_base(base)
-    encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    encoder = base_encoder(folder)
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 from models.text import model_text
 from models.training.corpus import SENTIMENT_LABELS, TASKS, Split
 from models.evaluation.metrics import classification_report, expected_calibration_error, fit_temperature
-from models.entity import pair_texts
-from models.network import DEFAULT_BASE, ENTITY_TASK, MODEL_NAME, MultiHeadEncoder, bf16_supported, model_version
+from models.entity import SpanText, pair_texts, span_text
+from models.network import (DEFAULT_BASE, DEFAULT_LANGUAGES, ENTITY_TASK, MODEL_NAME, MultiHeadEncoder, bf16_supported,
+                            model_version)
 from models.training.model_folder import LORA_TARGETS, new_network, save_model
-from models.scorer import autocast_context, batched_logits
+from models.scorer import autocast_context, batched_logits, batched_span_logits
 from models.training.weak_labels import binary_tag_loss, class_weights, tag_ids
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,33 @@ def _batches(lengths: np.ndarray, *, batch_size: int, rng: np.random.Generator) 
 
 
 def model_texts(task: str, frame: pd.DataFrame, config: TrainConfig) -> list[str]:
-    """What the network reads for each row: the cleaned text, or for the entity head the pair text
-    (``models.entity.pair_text`` of the ``entity`` and ``title`` columns, marked as ``config`` says)."""
+    """What the network reads for each row: the cleaned text, or for a pair-mode entity head the pair text
+    (``models.entity.pair_text`` of the ``entity`` and ``title`` columns, marked as ``config`` says); for a
+    ``span`` entity head the headline itself (``entity_span_inputs``)."""
     if task == ENTITY_TASK:
+        if config.entity_pooling == "span":
+            return [st.text for st in entity_span_inputs(frame, mark=config.entity_mark)]
         return pair_texts(frame, mark=config.entity_mark)
     return [model_text(t) for t in frame["text"]]
+
+
+def entity_span_inputs(frame: pd.DataFrame, *, mark: bool) -> list[SpanText]:
+    """For a ``span`` entity head: each row's headline as the model reads it and its entity's mention spans.
+    With ``mark``, every entity the headline names (its rows in ``frame``) is marked, as at inference, where
+    every entity linked in a document is."""
+    by_title = frame.groupby("title", sort=False)["entity"].agg(list).to_dict()
+    out = []
+    for title, entity in zip(frame["title"], frame["entity"], strict=True):
+        others = [e for e in dict.fromkeys(by_title[title]) if e != entity]
+        prepared = span_text(title, [[entity], *[[e] for e in others]], mark=mark)
+        out.append(SpanText(prepared.text, prepared.spans[:1]))
+    return out
+
+
+def span_positions(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Token positions (special tokens excluded) whose characters overlap ``spans``."""
+    return [i for i, (start, end) in enumerate(offsets)
+            if end > start and any(start < span_end and end > span_start for span_start, span_end in spans)]
 
 
 def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, config: TrainConfig,
@@ -179,6 +202,11 @@ def evaluate(network: MultiHeadEncoder, tokenizer, splits: dict[str, Split], *, 
     network.eval()
     logits_by_task = {}
     for task, split in splits.items():
+        if task == ENTITY_TASK and config.entity_pooling == "span":
+            logits_by_task[task] = batched_span_logits(network, tokenizer, entity_span_inputs(split.val, mark=config.entity_mark),
+                                                       max_length=config.max_length, batch_size=128, device=device,
+                                                       bf16=bf16)
+            continue
         texts = model_texts(task, split.val, config)
         logits_by_task[task] = batched_logits(network, tokenizer, texts, max_length=config.max_length,
                                               batch_size=128, device=device, bf16=bf16)[0][task]
@@ -234,17 +262,33 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
 
     # One table of training rows: text, and a label id for one head (IGNORE for the other).
     rows = []
+    span_mode = entity is not None and config.entity_pooling == "span"
     for task, split in splits.items():
         ids = split.train["label"].map({n: i for i, n in enumerate(task_labels(task))}).to_numpy()
+        if task == ENTITY_TASK and span_mode:
+            prepared = entity_span_inputs(split.train, mark=config.entity_mark)
+            rows.append(pd.DataFrame({"text": [p.text for p in prepared], "task": task, "y": ids,
+                                      "spans": [p.spans[0] for p in prepared]}))
+            continue
         rows.append(pd.DataFrame({"text": model_texts(task, split.train, config), "task": task, "y": ids}))
     if comments is not None and len(comments):
         rows.append(pd.DataFrame({"text": comments["text"].map(model_text), "task": "comments",
                                   "y": tag_ids(comments["label"])}))
     table = pd.concat(rows, ignore_index=True)
     table = table[table["text"] != ""].reset_index(drop=True)
-    encoded = tokenizer(table["text"].tolist(), truncation=True, max_length=config.max_length)["input_ids"]
+    tokenized = tokenizer(table["text"].tolist(), truncation=True, max_length=config.max_length,
+                          return_offsets_mapping=span_mode)
+    encoded = tokenized["input_ids"]
     lengths = np.array([len(x) for x in encoded])
     targets = {task: np.where(table["task"] == task, table["y"], IGNORE).astype(np.int64) for task in labels}
+    # span mode: each entity row's mention tokens; a row whose mention was cut off or not found is not trained on
+    entity_positions: list[list[int]] = [[] for _ in range(len(table))]
+    if span_mode:
+        for i in np.flatnonzero((table["task"] == ENTITY_TASK).to_numpy()):
+            entity_positions[i] = span_positions(tokenized["offset_mapping"][i], table["spans"].iloc[i])
+        unread = [i for i in np.flatnonzero((table["task"] == ENTITY_TASK).to_numpy()) if not entity_positions[i]]
+        targets[ENTITY_TASK][unread] = IGNORE
+        log.info("entity rows without a readable mention (not trained on): %d", len(unread))
     comment_tags = np.where(table["task"] == "comments", table["y"], IGNORE).astype(np.int64)
     comment_weights = class_weights(comment_tags, 2, power=config.class_weight_power).to(device)
     soft = teacher_targets(config.teacher, table, device=device) if config.teacher else {}
@@ -331,8 +375,15 @@ def train(config: TrainConfig, *, sentiment: Split | None, topic: Split | None, 
     for epoch in range(config.epochs):
         for batch_index in _batches(lengths, batch_size=config.batch_size, rng=rng):
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in batch_index]}, return_tensors="pt")
+            entity_mask = None
+            if span_mode:
+                entity_mask = torch.zeros_like(batch["attention_mask"])
+                for row, i in enumerate(batch_index):
+                    entity_mask[row, entity_positions[i]] = 1
+                entity_mask = entity_mask.to(device)
             with autocast_context(device, bf16):
-                logits = network(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                logits = network(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                 entity_mask=entity_mask)
             loss = torch.zeros((), device=device)
             for task in splits:
                 y = torch.from_numpy(targets[task][batch_index]).to(device)
@@ -390,6 +441,7 @@ def _model_config(config: TrainConfig, *, labels: dict, temperature: dict, metri
         if config.mode == "lora" else None,
         "max_length": config.max_length,
         "labels": labels,
+        "languages": list(DEFAULT_LANGUAGES),  # every bundled training set is English
         "temperature": temperature,
         **({"entity_input": {"mark": config.entity_mark, "pooling": config.entity_pooling}} if ENTITY_TASK in labels else {}),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.scorer import STATUS_OK, ScoreArrays
+from models.results import STATUS_OK, ScoreArrays
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -47,25 +47,40 @@ class KeywordScorer:
 
 
 class KeywordEntityScorer(KeywordScorer):
-    """A KeywordScorer with an ``entity`` head: the keywords of the ``;``-clause that names the entity."""
+    """A KeywordScorer with a ``span`` entity head: an entity's sentiment is the keywords of the ``;``-clause
+    of the text where it is first mentioned (located as the real scorer locates mentions)."""
 
     labels = {"sentiment": LABELS, "entity": LABELS}
-    entity_input = {"mark": False, "pooling": "mean"}
+    entity_input = {"mark": False, "pooling": "span"}
 
-    def probabilities(self, texts, *, max_chunks=None):
+    def score_documents(self, texts, entities, *, max_chunks=None):
+        from models.entity import span_text
+        from models.results import STATUS_NOT_FOUND, EntityArrays
+
         texts = list(texts)
-        self.calls.append(texts)
-        n = len(texts)
-        sentiment, entity = np.full((n, 3), np.nan), np.full((n, 3), np.nan)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                continue
-            sentiment[i] = self.distribution(text)
-            if " [SEP] " in text:
-                name, body = text.split(" [SEP] ", 1)
-                clause = next((c for c in body.split(";") if name.lower() in c.lower()), body)
-                entity[i] = self.distribution(clause)
-        return {"sentiment": sentiment, "entity": entity}, np.zeros(n, dtype=bool)
+        documents = self.score_arrays(texts, max_chunks=max_chunks)  # records the one call
+        arrays = EntityArrays.empty(sum(len(e) for e in entities), model_version=self.version)
+        k = 0
+        for text, asked in zip(texts, entities, strict=True):
+            prepared = span_text(text, asked, mark=False) if isinstance(text, str) else None
+            if prepared is not None and not prepared.text:
+                prepared = None  # nothing left to read: empty
+            for j in range(len(asked)):
+                if prepared is not None:
+                    spans = prepared.spans[j]
+                    if not spans:
+                        arrays.status[k] = STATUS_NOT_FOUND
+                    else:
+                        start = spans[0][0]
+                        clause_start = prepared.text.rfind(";", 0, start) + 1
+                        clause_end = prepared.text.find(";", start)
+                        clause = prepared.text[clause_start: None if clause_end < 0 else clause_end]
+                        d = self.distribution(clause)
+                        arrays.status[k] = STATUS_OK
+                        arrays.sentiment[k] = LABELS[int(d.argmax())]
+                        arrays.p_negative[k], arrays.p_neutral[k], arrays.p_positive[k] = d
+                k += 1
+        return documents, arrays
 
     def score_pairs(self, texts, entities):
         from models.entity import score_pairs

@@ -46,7 +46,7 @@ def test_score_pairs_refuses_a_model_without_an_entity_head():
 def test_entity_arrays_round_trip_through_json_and_report_confidence():
     import json as _json
 
-    from models.entity import EntityArrays
+    from models.results import EntityArrays
 
     arrays = score_pairs(KeywordEntityScorer(WEIGHTS), ["Gold shines; Silver dull", ""], ["Silver", "Gold"])
     back = EntityArrays.from_dict(_json.loads(_json.dumps(arrays.to_dict())))

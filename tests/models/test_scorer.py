@@ -11,7 +11,8 @@ import torch
 from models.text import model_text
 from models.training.corpus import DATA_DIR
 from models.network import bf16_supported
-from models.scorer import PREDICTION_COLUMNS, Scorer
+from models.results import PREDICTION_COLUMNS
+from models.scorer import Scorer
 
 NEGATIVE = [
     "Shares plunge after the company misses earnings and cuts guidance",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from models.remote import RemoteScorer, ScorerRejected, ScorerUnavailable
-from models.scorer import ScoreArrays
+from models.results import ScoreArrays
 
 from tests.models.test_chunking import LEAD, NEGATIVE_BODY, SHORT
 from tests.conftest import free_port
