@@ -163,6 +163,12 @@ def _boot_time() -> float:
 def write_pid_file(pid_file: Path, pid: int) -> ProcessIdentity:
     """Record ``pid`` with its identity (atomically: a reader sees the old file or the new one)."""
     identity = ProcessIdentity.of(pid)
+    deadline = time.monotonic() + 2.0
+    # Popen returns while the kernel may still be building the new program's argv: its
+    # /proc cmdline reads empty for that moment; record the real one.
+    while identity is not None and not identity.cmdline and time.monotonic() < deadline:
+        time.sleep(0.005)
+        identity = ProcessIdentity.of(pid)
     if identity is None:
         raise ServiceError(f"process {pid} exited before its pid file {pid_file} was written")
     tmp = pid_file.with_name(pid_file.name + ".tmp")
