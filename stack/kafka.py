@@ -136,31 +136,43 @@ class EmbeddedKafka(Component):
         return self.settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT", "kafka_bootstrap": None,
                                                 "kafka_sasl_port": None})
 
+    def _client_listeners(self) -> dict[str, int]:
+        """The listeners clients connect to: name (also its security protocol) -> port."""
+        s = self.settings
+        listeners = {"PLAINTEXT": s.kafka_port}
+        if s.kafka_sasl_port is not None:
+            listeners["SASL_PLAINTEXT"] = s.kafka_sasl_port
+        return listeners
+
+    def _listener_settings(self) -> list[str]:
+        """Per-listener properties: the SASL mechanisms of each SASL listener and their JAAS lines."""
+        s = self.settings
+        sasl_listeners = [name.lower() for name in self._client_listeners() if name.startswith("SASL_")]
+        if not sasl_listeners:
+            return []
+        user, password = s.kafka_sasl_username, s.kafka_sasl_password.get_secret_value()
+        # PLAIN checks a login against this line's user_<name> option; SCRAM against the
+        # credentials in the cluster metadata (written after every start).
+        plain = f"org.apache.kafka.common.security.plain.PlainLoginModule required user_{user}={jaas_quote(password)};"
+        lines = ["sasl.enabled.mechanisms=PLAIN," + ",".join(SCRAM_MECHANISMS)]
+        for listener in sasl_listeners:
+            lines.append(f"listener.name.{listener}.plain.sasl.jaas.config={_property_value(plain)}")
+            lines += [f"listener.name.{listener}.{m.lower()}.sasl.jaas.config="
+                      "org.apache.kafka.common.security.scram.ScramLoginModule required;" for m in SCRAM_MECHANISMS]
+        return lines
+
     def _listener_lines(self) -> list[str]:
         s = self.settings
-        listeners = [f"PLAINTEXT://127.0.0.1:{s.kafka_port}"]
-        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
-        sasl: list[str] = []
-        if s.kafka_sasl_port is not None:
-            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{s.kafka_sasl_port}")
-            protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
-            user, password = s.kafka_sasl_username, s.kafka_sasl_password.get_secret_value()
-            # PLAIN checks a login against this line's user_<name> option; SCRAM against the
-            # credentials in the cluster metadata (written after every start).
-            plain = f"org.apache.kafka.common.security.plain.PlainLoginModule required user_{user}={jaas_quote(password)};"
-            sasl = [
-                "sasl.enabled.mechanisms=PLAIN," + ",".join(SCRAM_MECHANISMS),
-                f"listener.name.sasl_plaintext.plain.sasl.jaas.config={_property_value(plain)}",
-                *(f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
-                  "org.apache.kafka.common.security.scram.ScramLoginModule required;" for m in SCRAM_MECHANISMS),
-            ]
+        listeners = self._client_listeners()
+        addresses = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+        protocols = ",".join(["CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name in listeners)])
         return [
-            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            f"advertised.listeners={','.join(listeners)}",
+            f"listeners={addresses},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            f"advertised.listeners={addresses}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            f"listener.security.protocol.map={','.join(protocols)}",
-            *sasl,
+            f"listener.security.protocol.map={protocols}",
+            *self._listener_settings(),
         ]
 
     def _properties(self) -> str:

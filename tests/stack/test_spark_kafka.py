@@ -1,5 +1,5 @@
 """Spark (local mode) reads the real broker through the connector jars the stack resolved, and through
-the SASL listener with the pipeline's own source options."""
+TLS + SASL and TLS with a client certificate with the pipeline's own source options."""
 
 import uuid
 
@@ -7,7 +7,8 @@ import pytest
 from kafka import KafkaProducer
 
 from finpulse.kafka import client_config, ensure_topics
-from tests.stack.conftest import sasl_client
+from finpulse.kafka import spark_source_options
+from tests.stack.conftest import mtls_client, sasl_ssl_client
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -74,13 +75,15 @@ def test_spark_reads_a_topic_with_the_resolved_connector(stack, spark, unique_to
     assert rows == [(f"k{i}", f"value-{i}") for i in range(5)]
 
 
-def test_the_pipeline_stream_logs_in_over_sasl_and_never_logs_the_password(sasl_broker, spark, spark_log, tmp_path):
-    """PipelineJob._stream (the job's readStream with finpulse.kafka.spark_source_options) against the SASL
-    listener, with Spark and the Kafka clients logging at INFO: the rows arrive, the password is in no line."""
+def test_the_pipeline_stream_over_tls_and_sasl_never_logs_the_password(secure_broker, pki, spark, spark_log,
+                                                                       tmp_path):
+    """PipelineJob._stream (the job's readStream with finpulse.kafka.spark_source_options) against the SASL_SSL
+    listener: the CA travels as a PEM truststore, the login as a JAAS line. With Spark and the Kafka clients
+    logging at INFO: the rows arrive, the password is in no line."""
     from pipeline.job import JobOptions, PipelineJob
 
     name = uuid.uuid4().hex[:10]
-    client = sasl_client(sasl_broker, "SCRAM-SHA-512").model_copy(
+    client = sasl_ssl_client(secure_broker, pki).model_copy(
         update={"topic_documents": f"sasl.docs.{name}", "topic_dead_letters": f"sasl.dead.{name}"})
     ensure_topics([client.topic_documents, client.topic_dead_letters], settings=client, partitions=1)
     _produce(client, client.topic_documents, 4)
@@ -97,3 +100,14 @@ def test_the_pipeline_stream_logs_in_over_sasl_and_never_logs_the_password(sasl_
     assert "sasl.jaas.config = [hidden]" in logged  # the clients' configs were logged: the right log was read
     assert "SCRAM-SHA-512" in logged
     assert password not in logged and password[:16] not in logged
+
+
+def test_spark_reads_with_a_client_certificate(secure_broker, pki, spark):
+    """The SSL listener requires a client certificate: Spark presents it from the PEM keystore options."""
+    client = mtls_client(secure_broker, pki)
+    topic = f"mtls.{uuid.uuid4().hex[:10]}"
+    ensure_topics([topic], settings=client, partitions=1)
+    _produce(client, topic, 3)
+    frame = (spark.read.format("kafka").options(**spark_source_options(client)).option("subscribe", topic)
+             .option("startingOffsets", "earliest").load().selectExpr("CAST(value AS STRING) AS v"))
+    assert sorted(r.v for r in frame.collect()) == [f"value-{i}" for i in range(3)]
