@@ -15,6 +15,7 @@ from finpulse.kafka import admin, ensure_topics
 from finpulse.settings import Settings
 from stack import LocalStack, StackError
 from tests.conftest import TEST_KAFKA_PORT, TEST_POSTGRES_PORT
+from tests.finpulse.test_service import unrelated  # noqa: F401 - a fixture: a live `sleep` that is none of ours
 
 pytestmark = pytest.mark.slow
 
@@ -234,15 +235,6 @@ def test_purge_of_an_external_kafka_and_postgres_keeps_ingest_and_pipeline_state
     files = _derived_state(external)
     assert LocalStack(external).down(purge=True) == []  # nothing of theirs was purged: their state stays valid
     assert all(path.exists() for path in files.values())
-
-
-@pytest.fixture
-def unrelated():
-    """A live process that is none of ours: what a reused pid names."""
-    proc = subprocess.Popen(["sleep", "120"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def test_a_stale_kafka_pid_file_naming_another_process_signals_nothing(own_settings, unrelated):
