@@ -39,6 +39,7 @@ test-fast: install
 	$(BIN)/pytest -m "not stack and not spark and not slow"
 
 bench: install
+	$(BIN)/finpulse stack up
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -16,7 +16,7 @@ Python worker RSS: the largest resident set of a PySpark Python worker seen duri
 
 Runs against the test stack (Kafka 127.0.0.1:29092, Postgres 54339) in a scratch database and
 fresh topics that it drops/leaves; writes bench/results/pipeline-<UTC>.json and prints a table.
-Reads ../shared/data (the texts of bench_scorer.py).
+Reads the bundled models/training/data (the texts of bench_scorer.py).
 """
 
 from __future__ import annotations

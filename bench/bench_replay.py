@@ -13,10 +13,10 @@ End to end (ingest.replay.replay(), what `finpulse ingest replay` runs), side by
   each of     --lang en / --lang detect x kafka-python / confluent
   before      the same default command run by the code under --before-root (e.g. git HEAD copied there)
 Language detectors (--languages): accuracy on tests/ingest/data/lang_short_financial.csv (120 short
-financial headlines, 10 languages incl. Chinese and Japanese), share of the shared English tweets
+financial headlines, 10 languages incl. Chinese and Japanese), share of the demo stream's English tweets
 labelled English, and docs/s on those tweets; for every detector that is installed.
 
-The shared tweet file has 5,000 rows; it is looped (ids suffixed per loop) to reach --docs.
+The bundled demo stream (ingest/demo, 5,000 tweets) is looped (ids suffixed per loop) to reach --docs.
 Results go to bench/results/replay-<UTC timestamp>.json. Topics created are deleted at the end.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import itertools
 import json
 import os
@@ -40,13 +41,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_FILE = REPO.parent / "shared" / "data" / "replay" / "stock_market_tweets_2020.csv"
+DEFAULT_FILE = REPO / "ingest" / "demo" / "stock_market_tweets_2020.csv.gz"  # the bundled demo stream
 LANG_SET = REPO / "tests" / "ingest" / "data" / "lang_short_financial.csv"
 
 
 def looped_csv(source: Path, docs: int, out: Path) -> int:
     """Write ``docs`` rows to ``out`` by looping ``source``; each loop suffixes the ids."""
-    with source.open(newline="", encoding="utf-8") as fh:
+    with (gzip.open(source, "rt", newline="", encoding="utf-8") if source.suffix == ".gz"
+          else source.open(newline="", encoding="utf-8")) as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames
         rows = list(reader)

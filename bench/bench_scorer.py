@@ -11,7 +11,7 @@ Both sides get the same normalised texts, so they read the same number of tokens
 
 For a model with an entity head it also times ``score_pairs`` on SEntFiN (headline, entity) rows.
 
-Writes bench/results/scorer-<UTC timestamp>.json and prints a table. Reads ../shared/data.
+Writes bench/results/scorer-<UTC timestamp>.json and prints a table. Reads the bundled models/training/data.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+DATA = REPO / "models" / "data"  # the bundled copies (the same rows as ../shared/data)
 RESULTS = REPO / "bench" / "results"
 
 
 def bench_texts(n: int, seed: int = 0) -> list[str]:
     """Half financial-news tweets, half SEntFiN headlines: the two kinds of text we score."""
-    tweets = pd.read_csv(SHARED / "sentiment" / "twitter_financial_news_sentiment_train.csv")["text"]
-    headlines = pd.read_csv(SHARED / "sentfin" / "sentfin_headlines.csv")["title"]
+    tweets = pd.read_csv(DATA / "twitter_financial_news_sentiment_train.csv.gz")["text"]
+    headlines = pd.read_csv(DATA / "sentfin_headlines.csv.gz")["title"]
     texts = pd.concat([tweets.sample(n=n // 2, random_state=seed), headlines.sample(n=n - n // 2, random_state=seed)])
     return texts.sample(frac=1.0, random_state=seed).tolist()
 
@@ -106,7 +106,7 @@ def main() -> None:
     pairs_rate = None
     if "entity" in scorer.labels:
         # Entity-level sentiment: (headline, entity) rows of SEntFiN, one score_pairs call, default batching.
-        rows = pd.read_csv(SHARED / "sentfin" / "sentfin_entities.csv").sample(n=args.n, random_state=0)
+        rows = pd.read_csv(DATA / "sentfin_entities.csv.gz").sample(n=args.n, random_state=0)
         titles, entities = rows["title"].tolist(), rows["entity"].tolist()
         scorer.score_pairs(titles[:32], entities[:32])
         seconds = timed(lambda: scorer.score_pairs(titles, entities), repeats=args.repeats)

@@ -3,7 +3,9 @@
     .venv/bin/python bench/run_all.py [--only scorer,pipeline] [--list]
 
 Each ``bench/bench_*.py`` runs in its own process with this interpreter; its output goes to the
-terminal and its JSON to bench/results/. A failing script does not stop the others; the exit
+terminal and its JSON to bench/results/. The scripts read only bundled data (models/training/data,
+ingest/demo); those that need Kafka or Postgres use the FINPULSE_* settings of this shell (``make
+bench`` starts the embedded stack first). A failing script does not stop the others; the exit
 status is 1 if any failed, and a summary lists each script, its exit status and its wall time.
 """
 

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from finpulse.settings import EmbeddedPostgresMissing, env_table, get_settings
+from finpulse.settings import EmbeddedPostgresMissing, env_table, get_settings, redact_url
 
 COMMAND_GROUP = "finpulse.commands"
 
@@ -46,12 +46,26 @@ def postgres_unreachable(exc: Exception) -> str | None:
     return f"Postgres not reachable at {where} ({reason}); check {setting}"
 
 
+def operator_line(exc: Exception) -> str | None:
+    """One line for an operator when ``exc`` is bad settings, a database outage or a migration problem, else None."""
+    from pydantic import ValidationError
+
+    from finpulse.db import MigrationError
+    from finpulse.settings import settings_error_line
+
+    if isinstance(exc, ValidationError):
+        return settings_error_line(exc)  # names the variables, never their values
+    if isinstance(exc, MigrationError):
+        return str(exc)
+    return postgres_unreachable(exc)
+
+
 class _LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except Exception as exc:  # noqa: BLE001 - only a database outage is turned into one line
-            line = postgres_unreachable(exc)
+        except Exception as exc:  # noqa: BLE001 - only the failures operator_line knows become one line
+            line = operator_line(exc)
             if line is None:
                 raise
             raise click.ClickException(line) from None
@@ -97,13 +111,26 @@ def main(log_level: str | None) -> None:
     setup_logging(log_level)
 
 
+def shown_value(value: object) -> str:
+    """A setting's value as ``finpulse config`` prints it: secrets masked, URLs reduced to scheme and host."""
+    from pydantic import SecretStr
+
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        return "**********"
+    text = str(value)
+    # Webhook (and other) URLs carry credentials in user info, path tokens and query values.
+    return redact_url(text) if "://" in text else text
+
+
 @main.command("config")
 def config_command() -> None:
-    """Print every setting, its environment variable and its current value (secrets masked)."""
+    """Print every setting, its environment variable and its current value (secrets and URL credentials masked)."""
     settings = get_settings()
-    for var, default, _ in env_table():
+    for var, _, _ in env_table():
         value = getattr(settings, var.removeprefix("FINPULSE_").lower())
-        click.echo(f"{var:32} {value if value is not None else '(unset)'}")
+        click.echo(f"{var:42} {shown_value(value)}")
 
 
 @main.group("db")
@@ -113,7 +140,7 @@ def db_group() -> None:
 
 @db_group.command("migrate")
 def db_migrate() -> None:
-    """Apply pending migrations from sql/ (idempotent)."""
+    """Apply pending migrations from sql/ (idempotent); refuses when it finds no migration files."""
     from finpulse import db
 
     engine = db.engine()

@@ -1,6 +1,7 @@
 """Database handle and the migration runner for the numbered SQL files in ``sql/``.
 
-Migrations are ``sql/NNNN_name.sql``. Each runs in its own transaction and is recorded in
+Migrations are ``sql/NNNN_name.sql`` in the repo; an installed wheel carries them as
+``finpulse/sql/`` (pyproject.toml maps the one to the other). Each runs in its own transaction and is recorded in
 ``schema_migrations`` with a checksum; a Postgres advisory lock serialises concurrent
 ``migrate`` calls, so two starting services never apply a file twice. An applied file whose
 text changed is an error: ship a new migration instead of editing an old one.
@@ -21,7 +22,15 @@ from sqlalchemy.engine import Engine
 
 from finpulse.settings import REPO_ROOT, Settings, get_settings
 
-SQL_DIR = REPO_ROOT / "sql"
+
+
+def _sql_dir() -> Path:
+    """The migrations: inside the installed package (a wheel), else sql/ of the checkout (editable)."""
+    packaged = Path(__file__).resolve().parent / "sql"
+    return packaged if packaged.is_dir() else REPO_ROOT / "sql"
+
+
+SQL_DIR = _sql_dir()
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x66_70_75_6C  # "fpul": arbitrary but fixed advisory-lock id
 
@@ -53,12 +62,17 @@ def engine(settings: Settings | None = None, **kwargs) -> Engine:
 
 
 def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """The migrations in ``sql_dir`` in order; MigrationError when there is none (a broken install
+    would otherwise look like an empty, up-to-date schema)."""
     migrations = []
     for path in sorted(sql_dir.glob("*.sql")):
         match = _FILE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNNN_lower_snake.sql")
         migrations.append(Migration(int(match.group(1)), match.group(2), path))
+    if not migrations:
+        raise MigrationError(f"no migration files (NNNN_name.sql) in {sql_dir}: finpulse is installed without "
+                             "its migrations; reinstall it (pip install .) from a checkout")
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration numbers in {sql_dir}")

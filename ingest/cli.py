@@ -192,9 +192,13 @@ def replay_command(file: Path, rate, speedup, shift_to_now, anchor, fmt, source,
 
 
 def _kafka_error(exc: BaseException, settings) -> str:
+    from finpulse.kafka import KafkaSecurityError, security_summary
+
+    if isinstance(exc, KafkaSecurityError):
+        return str(exc)  # already one line naming address, user and settings
     where = ",".join(settings.bootstrap_servers)
     setting = "FINPULSE_KAFKA_BOOTSTRAP" if settings.kafka_bootstrap else "FINPULSE_KAFKA_PORT (embedded broker)"
-    return f"{type(exc).__name__}: {str(exc)[:200]} (broker {where}, from {setting})"
+    return f"{type(exc).__name__}: {str(exc)[:200]} (broker {where}, {security_summary(settings)}, from {setting})"
 
 
 # The bundled sample stream (`finpulse ingest demo`) lives with its data in ingest/demo.py.

@@ -279,38 +279,56 @@ class Crawler:
 
     # -- dedup + publish --------------------------------------------------------------------
     def process(self, outcome: PollOutcome) -> PollSummary:
+        """Dedup, publish and dead-letter one poll's items; commit the source's state only if all got through."""
         source = outcome.source
-        name = source.name
-        m = self.metrics
-        summary = PollSummary(source=name, seconds=outcome.seconds)
+        summary = PollSummary(source=source.name, seconds=outcome.seconds)
+        candidates, rejected = self._sort_items(outcome, summary)
+        delivered = self._publish(self._novel(candidates, summary), summary)
+        if outcome.error is not None:
+            self._count_poll_error(outcome.error, summary)
+        if not self._dead_letter(source.name, rejected, summary):
+            delivered = False
+        if outcome.error is None and delivered:
+            source.commit()
+        else:
+            source.rollback()
+        log.info(summary.line())
+        return summary
+
+    def _sort_items(self, outcome: PollOutcome, summary: PollSummary) -> tuple[list[Document], list[Skipped]]:
+        """Split a poll's items into documents to dedup and items to dead-letter (counting both)."""
+        name, m = outcome.source.name, self.metrics
         candidates: list[Document] = []
         rejected: list[Skipped] = []
         for item in outcome.items:
             summary.fetched += 1
-            if isinstance(item, Skipped):
-                if item.duplicate:
-                    summary.duplicate += 1
-                    m.duplicate.labels(name).inc()
-                else:
-                    summary.failed += 1
-                    m.failed.labels(name, item.reason).inc()
-                    rejected.append(item)
-                    log.warning("source=%s skipped item: %s: %s", name, item.reason, item.detail[:300])
-            else:
+            if not isinstance(item, Skipped):
                 candidates.append(item)
+            elif item.duplicate:
+                summary.duplicate += 1
+                m.duplicate.labels(name).inc()
+            else:
+                summary.failed += 1
+                m.failed.labels(name, item.reason).inc()
+                rejected.append(item)
+                log.warning("source=%s skipped item: %s: %s", name, item.reason, item.detail[:300])
         if outcome.error is not None:
             # A whole response that could not be parsed: its body is a dead letter too.
             whole = Skipped.from_error(name, outcome.error)
             if whole is not None:
                 rejected.append(whole)
         m.fetched.labels(name).inc(summary.fetched)
+        return candidates, rejected
 
+    def _novel(self, candidates: list[Document], summary: PollSummary) -> list[tuple[Document, Verdict]]:
+        """The documents that are no exact duplicate, annotated with their novelty and reserved in the dedup."""
+        name = summary.source
         batch: list[tuple[Document, Verdict]] = []
         for doc in candidates:
             verdict = self.dedup.check(doc)
             if verdict.duplicate:
                 summary.duplicate += 1
-                m.duplicate.labels(name).inc()
+                self.metrics.duplicate.labels(name).inc()
                 log.debug("source=%s duplicate (%s) %s", name, verdict.duplicate, doc.id)
                 continue
             extra = dict(doc.extra)
@@ -322,54 +340,46 @@ class Crawler:
             doc = doc.model_copy(update={"extra": extra})
             self.dedup.reserve(doc, verdict)
             batch.append((doc, verdict))
+        return batch
 
-        delivery_failed = False
-        if batch:
-            try:
-                result = self.sink.publish([doc for doc, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - the sink itself broke; nothing is marked seen
-                result = None
-                error = exc
-            by_id = {doc.id: (doc, v) for doc, v in batch}
-            if result is None:
-                acked_pairs, failed_pairs = [], list(batch)
-                failures = [(doc, error) for doc, _ in batch]
-            else:
-                acked_pairs = [by_id[d.id] for d in result.acked if d.id in by_id]
-                failed_ids = {d.id for d, _ in result.failed}
-                failed_pairs = [by_id[i] for i in failed_ids]
-                failures = result.failed
-            if acked_pairs:
-                self.dedup.confirm(acked_pairs)
-            if failed_pairs:
-                delivery_failed = True
-                self.dedup.release(failed_pairs)
-                summary.failed += len(failed_pairs)
-                m.failed.labels(name, "publish").inc(len(failed_pairs))
-                log.error("source=%s %d document(s) not delivered, will retry next poll: %s",
-                          name, len(failed_pairs), failures[0][1])
-            for doc, verdict in acked_pairs:
-                summary.published += 1
-                summary.documents.append(doc)
-                m.published.labels(name).inc()
-                if not verdict.novelty:
-                    summary.near_duplicate += 1
-                    m.near_duplicate.labels(name).inc()
-
-        if outcome.error is not None:
-            reason = _reason(outcome.error)
-            summary.failed += 1
-            summary.error = f"{reason}: {outcome.error}"[:300]
-            m.failed.labels(name, reason).inc()
-            level = logging.WARNING if isinstance(outcome.error, IngestError) else logging.ERROR
-            log.log(level, "source=%s poll failed: %s", name, summary.error,
-                    exc_info=not isinstance(outcome.error, IngestError))
-        if not self._dead_letter(name, rejected, summary):
-            delivery_failed = True
-
-        if outcome.error is None and not delivery_failed:
-            source.commit()
+    def _publish(self, batch: list[tuple[Document, Verdict]], summary: PollSummary) -> bool:
+        """Publish ``batch``; remember the acked ones as seen, release the rest. False if any failed."""
+        if not batch:
+            return True
+        name, m = summary.source, self.metrics
+        by_id = {doc.id: (doc, v) for doc, v in batch}
+        try:
+            result = self.sink.publish([doc for doc, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the sink itself broke; nothing is marked seen
+            acked_pairs, failed_pairs = [], list(batch)
+            failures = [(doc, exc) for doc, _ in batch]
         else:
-            source.rollback()
-        log.info(summary.line())
-        return summary
+            acked_pairs = [by_id[d.id] for d in result.acked if d.id in by_id]
+            failed_pairs = [by_id[i] for i in {d.id for d, _ in result.failed}]
+            failures = result.failed
+        if acked_pairs:
+            self.dedup.confirm(acked_pairs)
+        if failed_pairs:
+            self.dedup.release(failed_pairs)
+            summary.failed += len(failed_pairs)
+            m.failed.labels(name, "publish").inc(len(failed_pairs))
+            log.error("source=%s %d document(s) not delivered, will retry next poll: %s",
+                      name, len(failed_pairs), failures[0][1])
+        for doc, verdict in acked_pairs:
+            summary.published += 1
+            summary.documents.append(doc)
+            m.published.labels(name).inc()
+            if not verdict.novelty:
+                summary.near_duplicate += 1
+                m.near_duplicate.labels(name).inc()
+        return not failed_pairs
+
+    def _count_poll_error(self, error: BaseException, summary: PollSummary) -> None:
+        """Count and log a poll that failed (after the items it yielded before failing were handled)."""
+        reason = _reason(error)
+        summary.failed += 1
+        summary.error = f"{reason}: {error}"[:300]
+        self.metrics.failed.labels(summary.source, reason).inc()
+        level = logging.WARNING if isinstance(error, IngestError) else logging.ERROR
+        log.log(level, "source=%s poll failed: %s", summary.source, summary.error,
+                exc_info=not isinstance(error, IngestError))

@@ -85,3 +85,10 @@ class BrokerUnavailable(PublishError):
     """No Kafka bootstrap server accepts a connection; the message names the address and the setting."""
 
     reason = "broker_unreachable"
+
+
+class BrokerLoginRefused(BrokerUnavailable):
+    """The brokers refused the SASL login (or their certificate is not trusted); the message names
+    the address, the mechanism, the user and the settings to check."""
+
+    reason = "broker_login_refused"

@@ -15,7 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from finpulse.contract import Document
 from finpulse.settings import Settings
-from ingest.errors import BrokerUnavailable
+from ingest.errors import BrokerLoginRefused, BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,10 @@ class KafkaSink(Sink):
             from finpulse.kafka import ensure_topics
 
             ensure_topics([self.topic], settings=settings, partitions=partitions)
+        from finpulse.kafka import client_config
+
         config = dict(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_config(settings),  # servers and security (TLS, SASL)
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -315,8 +317,10 @@ class ConfluentSink(Sink):
             ensure_topics([self.topic], settings=settings, partitions=partitions)
         # gzip, not lz4: kafka-python consumers read lz4 only with the lz4 package installed.
         compression = compression_type or "gzip"
+        from finpulse.kafka import confluent_config
+
         config = {
-            "bootstrap.servers": ",".join(settings.bootstrap_servers),
+            **confluent_config(settings),  # servers and security (TLS, SASL)
             "client.id": "finpulse-ingest",
             "acks": "all",
             "enable.idempotence": True,
@@ -418,16 +422,22 @@ def require_broker(settings: Settings, *, timeout: float = 5.0) -> None:
     """Raise :class:`BrokerUnavailable` (one line: the address and the setting) unless a bootstrap server accepts a connection.
 
     A TCP connect, not a Kafka request: it answers in at most ``timeout`` seconds per address,
-    where the Kafka clients would log connection errors for half a minute before failing.
+    where the Kafka clients would log connection errors for half a minute before failing. With
+    TLS or SASL the handshake and the login are tried too (once, at most ``timeout`` seconds): a
+    refused login or an untrusted certificate raises :class:`BrokerLoginRefused` in one line.
     """
     errors = []
     for server in settings.bootstrap_servers:
         host, _, port = server.rpartition(":")
         try:
             with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-                return
+                pass
         except (OSError, ValueError) as exc:
             errors.append(f"{server} ({exc.strerror or exc})" if isinstance(exc, OSError) else f"{server} ({exc})")
+        else:
+            if settings.kafka_security_protocol != "PLAINTEXT":
+                _require_login(settings, timeout)
+            return
     where = ", ".join(errors)
     if settings.kafka_bootstrap:
         hint = "check FINPULSE_KAFKA_BOOTSTRAP"
@@ -435,3 +445,11 @@ def require_broker(settings: Settings, *, timeout: float = 5.0) -> None:
         hint = ("FINPULSE_KAFKA_BOOTSTRAP is unset, so this is the embedded broker on FINPULSE_KAFKA_PORT: "
                 "start it with `finpulse stack up` or set FINPULSE_KAFKA_BOOTSTRAP")
     raise BrokerUnavailable(f"Kafka broker not reachable at {where}; {hint}")
+
+
+def _require_login(settings: Settings, timeout: float) -> None:
+    from finpulse.kafka import security_problem
+
+    problem = security_problem(settings, timeout_s=timeout)
+    if problem is not None:
+        raise BrokerLoginRefused(problem)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -720,161 +721,238 @@ def replay(
     started = time.perf_counter()
     rows: Iterable[Row] = read_rows(path, fmt=info.fmt, encoding_errors=encoding_errors, time_column=columns.time)
     if limit is not None:
-        import itertools
-
         rows = itertools.islice(rows, limit)
-    rejected: list[_Rejected] = []
-    origin = path.resolve().as_uri()
+    options = {"columns": columns.__dict__, "fmt": info.fmt, "limit": limit, "missing_time": missing_time,
+               "encoding_errors": encoding_errors, "tz": str(tz), "shift_to_now": shift_to_now, "anchor": anchor}
+    tracker, state = _open_progress(state_dir, resume, path=path, source=source, sink=sink, options=options)
+    run = _ReplayRun(sink=sink, dead_letters=dead_letters, stats=stats, source=source, origin=path.resolve().as_uri(),
+                     tracker=tracker, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                     max_in_flight=max_in_flight)
+    events = load_events(rows, columns=columns, tz=tz, missing_time=missing_time, stats=stats, rejected=run.rejected)
+    run.settle_load_rejects(state)
+    shift = run.choose_shift(events, state, shift_to_now=shift_to_now, anchor=anchor)
+    todo = run.skip_delivered(events, state)
+    params = dict(source=source, kind=kind, columns=columns, time_column=stats.time_column, shift=shift, lang=lang,
+                  detect_lang=detect_lang, html=html)
+    pacer = Pacer(rate=rate, speedup=speedup, first_event=todo[0].at if todo else None)
+    from tqdm import tqdm
 
-    tracker = None
-    state: dict[str, Any] | None = None
-    if state_dir is not None:
-        options = {"columns": columns.__dict__, "fmt": info.fmt, "limit": limit, "missing_time": missing_time,
-                   "encoding_errors": encoding_errors, "tz": str(tz), "shift_to_now": shift_to_now, "anchor": anchor}
-        tracker = Progress(state_dir, path=path, source=source, topic=getattr(sink, "topic", "?"), options=options)
+    bar = tqdm(total=len(todo), unit="doc", desc=f"replay {source}", file=sys.stderr,
+               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    try:
+        run.send_all(_built(todo, params, workers), pacer, bar)
+        run.resend_failed()
+        bar.update(len(todo) - bar.n)
+    finally:
+        run.finish()  # also on the way out of an interrupted or failed run
+        bar.close()
+        stats.seconds = time.perf_counter() - started
+    run.report_rejections()
+    return stats
+
+
+def _open_progress(state_dir: Path | None, resume: bool, *, path: Path, source: str, sink: Sink,
+                   options: dict[str, Any]) -> tuple[Progress | None, dict[str, Any] | None]:
+    """The position tracker of this (file, source, topic, options) and, with ``resume``, its saved state."""
+    if state_dir is None:
         if resume:
-            state = tracker.load()
-            if state is None:
-                log.warning("no saved progress in %s: replaying from the start", tracker.file)
-    elif resume:
-        raise ConfigError("--resume needs a state directory")
+            raise ConfigError("--resume needs a state directory")
+        return None, None
+    tracker = Progress(state_dir, path=path, source=source, topic=getattr(sink, "topic", "?"), options=options)
+    state = None
+    if resume:
+        state = tracker.load()
+        if state is None:
+            log.warning("no saved progress in %s: replaying from the start", tracker.file)
+    return tracker, state
 
-    def dead_letter(batch: list[_Rejected]) -> list[_Rejected]:
+
+class _Positions:
+    """Which events (positions in publish order) are finished: acknowledged by the broker or dead-lettered.
+
+    The saved position is the longest prefix of events all finished; sends complete out of
+    order, so positions whose outcome is not known yet are kept until the prefix reaches them.
+    """
+
+    def __init__(self, start: int = 0):
+        self.start = start
+        self.outstanding: deque[int] = deque()
+        self.finished: set[int] = set()
+        self._position_of: dict[int, int] = {}  # id(document or rejection) -> position
+
+    def track(self, item: object, position: int) -> None:
+        self.outstanding.append(position)
+        self._position_of[id(item)] = position
+
+    def finish(self, item: object) -> None:
+        position = self._position_of.pop(id(item), None)
+        if position is not None:
+            self.finished.add(position)
+
+    def all_finished(self) -> bool:
+        return not self.outstanding or all(p in self.finished for p in self.outstanding)
+
+    def watermark(self, handled: int) -> int:
+        """The saved position: the first unfinished event, else ``start + handled`` (all handled so far)."""
+        while self.outstanding and self.outstanding[0] in self.finished:
+            self.finished.discard(self.outstanding.popleft())
+        return self.outstanding[0] if self.outstanding else self.start + handled
+
+
+class _ReplayRun:
+    """The sending half of one :func:`replay`: the account, dead letters, acknowledgements and checkpoints."""
+
+    # Rejections are rare and small: they go out in blocking batches of at most this many.
+    DEAD_LETTER_BATCH = 1_000
+
+    def __init__(self, *, sink: Sink, dead_letters: DeadLetterSink, stats: ReplayStats, source: str, origin: str,
+                 tracker: Progress | None, checkpoint_every: int, checkpoint_seconds: float, max_in_flight: int):
+        self.sink, self.dead_letters, self.stats = sink, dead_letters, stats
+        self.source, self.origin, self.tracker = source, origin, tracker
+        self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
+        self.max_in_flight = max_in_flight
+        self.rejected: list[_Rejected] = []  # waiting for their dead letter
+        self.examples: dict[str, str] = {}  # one detail per rejection reason, for the log
+        self.failed: list = []  # documents the broker did not acknowledge, resent at the end
+        self.positions = _Positions()
+        self.events = 0
+        self.shift: timedelta | None = None
+        self.load_rejects_delivered = True
+        self.handled = 0  # events sent or rejected in this run
+
+    # -- before sending ----------------------------------------------------------------------
+    def settle_load_rejects(self, state: dict[str, Any] | None) -> None:
+        """Dead-letter the rows rejected while reading, unless the run that saved ``state`` did."""
+        stats = self.stats
+        if state and state.get("load_rejects_delivered") and self.rejected:
+            stats.skipped["resume_already_dead_lettered"] += len(self.rejected)
+            for r in self.rejected:
+                stats.invalid[r.reason] -= 1
+            stats.invalid = +stats.invalid
+            self.rejected.clear()
+        else:
+            self.publish_dead_letters(self.rejected)
+        # A later --resume must dead-letter them again unless they were all delivered now.
+        self.load_rejects_delivered = stats.dead_letter_failed == 0
+
+    def choose_shift(self, events: list[Event], state: dict[str, Any] | None, *, shift_to_now: bool,
+                     anchor: Literal["last", "first"]) -> timedelta | None:
+        if state and state.get("shift_seconds") is not None:
+            shift: timedelta | None = timedelta(seconds=state["shift_seconds"])  # the first run's, so times agree
+        else:
+            shift = shift_for(events, anchor=anchor) if shift_to_now else None
+        self.shift = self.stats.shift = shift
+        return shift
+
+    def skip_delivered(self, events: list[Event], state: dict[str, Any] | None) -> list[Event]:
+        """The events still to send: those after the saved position when resuming, else all."""
+        stats = self.stats
+        done_before = int(state.get("done", 0)) if state else 0
+        self.events = len(events)
+        stats.resumed_from = min(done_before, len(events))
+        self.positions.start = stats.resumed_from
+        if stats.resumed_from:
+            stats.skipped["resume_already_delivered"] += stats.resumed_from
+            log.info("resuming after %d of %d events (%s)", stats.resumed_from, len(events), self.tracker.file)
+        return events[stats.resumed_from:]
+
+    # -- sending -----------------------------------------------------------------------------
+    def send_all(self, built: Iterable[tuple[Event, Document | Encoded | _Rejected]], pacer: Pacer, bar) -> None:
+        """Send each document (or queue its rejection) on schedule, checkpointing as acks come in."""
+        sent = 0
+        last_checkpoint = time.monotonic()
+        for i, (event, outcome) in enumerate(built):
+            position = self.stats.resumed_from + i
+            self.handled = i + 1
+            pacer.wait(i, event.at)
+            if isinstance(outcome, _Rejected):
+                self.queue_rejection(outcome, position)
+                continue
+            self.sink.send(outcome)
+            self.stats.repaired += event.repaired
+            self.positions.track(outcome, position)
+            sent += 1
+            if sent % self.checkpoint_every == 0 or (self.tracker is not None and sent % 64 == 0 and
+                                                     time.monotonic() - last_checkpoint >= self.checkpoint_seconds):
+                self.harvest_and_checkpoint()
+                if self.tracker is not None:
+                    last_checkpoint = time.monotonic()
+            if i % 256 == 0:
+                bar.update(i - bar.n)
+        self.count_acks(self.sink.drain())
+
+    def queue_rejection(self, rejection: _Rejected, position: int) -> None:
+        self.stats.invalid[rejection.reason] += 1
+        self.examples.setdefault(rejection.reason, rejection.detail)
+        self.rejected.append(rejection)
+        self.positions.track(rejection, position)
+        if len(self.rejected) >= self.DEAD_LETTER_BATCH:
+            self.dead_letter_queued()
+
+    def harvest_and_checkpoint(self) -> None:
+        # Harvest acks without waiting, so the producer never idles at a barrier; block only when
+        # too much is outstanding (back-pressure on a slow broker).
+        self.count_acks(self.sink.drain() if self.sink.in_flight >= self.max_in_flight else self.sink.collect())
+        if self.tracker is not None:
+            if self.rejected:
+                self.dead_letter_queued()
+            self.checkpoint()
+
+    def count_acks(self, result) -> None:
+        self.stats.published += len(result.acked)
+        for doc in result.acked:
+            self.positions.finish(doc)
+        self.failed.extend(doc for doc, _ in result.failed)
+
+    def resend_failed(self) -> None:
+        """Resend what the broker did not acknowledge (see Sink.publish); PublishError if some still fail."""
+        if not self.failed:
+            return
+        retry = self.sink.publish(self.failed)
+        self.stats.published += len(retry.acked)
+        for doc in retry.acked:
+            self.positions.finish(doc)
+        self.stats.not_delivered = len(retry.failed)
+        if retry.failed:
+            raise PublishError(f"{len(retry.failed)} document(s) not delivered after retries: {retry.failed[0][1]}")
+
+    # -- dead letters and checkpoints --------------------------------------------------------
+    def publish_dead_letters(self, batch: list[_Rejected]) -> list[_Rejected]:
         """Publish and clear ``batch``; return the rejections whose dead letter was acknowledged."""
-        # Rejections are rare and small, so they go out in blocking batches; the rows stay in
-        # memory only until then.
-        letters = [DeadLetter(stage="replay", source=source, reason=r.reason.split(":", 1)[0], detail=r.detail,
-                              raw=r.raw, url=f"{origin}#line={r.line}") for r in batch]
-        result = dead_letters.publish(letters)
-        stats.dead_lettered += len(result.acked)
-        stats.dead_letter_failed += len(result.failed)
+        letters = [DeadLetter(stage="replay", source=self.source, reason=r.reason.split(":", 1)[0], detail=r.detail,
+                              raw=r.raw, url=f"{self.origin}#line={r.line}") for r in batch]
+        result = self.dead_letters.publish(letters)
+        self.stats.dead_lettered += len(result.acked)
+        self.stats.dead_letter_failed += len(result.failed)
         acked = {id(letter) for letter in result.acked}
         delivered = [r for r, letter in zip(batch, letters) if id(letter) in acked]
         batch.clear()
         return delivered
 
-    def dead_letter_in_run() -> None:
-        for r in dead_letter(rejected):  # only a delivered dead letter moves the saved position past its row
-            finished.add(position_of.pop(id(r)))
+    def dead_letter_queued(self) -> None:
+        for rejection in self.publish_dead_letters(self.rejected):
+            # only a delivered dead letter moves the saved position past its row
+            self.positions.finish(rejection)
 
-    events = load_events(rows, columns=columns, tz=tz, missing_time=missing_time, stats=stats, rejected=rejected)
-    done_before = int(state.get("done", 0)) if state else 0
-    if state and state.get("load_rejects_delivered") and rejected:
-        # The rows rejected while reading were dead-lettered by the run that saved this state.
-        stats.skipped["resume_already_dead_lettered"] += len(rejected)
-        for r in rejected:
-            stats.invalid[r.reason] -= 1
-        stats.invalid = +stats.invalid
-        rejected.clear()
-    else:
-        dead_letter(rejected)
-    # A later --resume must dead-letter them again unless they were all delivered now.
-    load_rejects_delivered = stats.dead_letter_failed == 0
-    if state and state.get("shift_seconds") is not None:
-        shift: timedelta | None = timedelta(seconds=state["shift_seconds"])  # the first run's shift, so times agree
-    else:
-        shift = shift_for(events, anchor=anchor) if shift_to_now else None
-    stats.shift = shift
-    stats.resumed_from = min(done_before, len(events))
-    if stats.resumed_from:
-        stats.skipped["resume_already_delivered"] += stats.resumed_from
-        log.info("resuming after %d of %d events (%s)", stats.resumed_from, len(events), tracker.file)
-    todo = events[stats.resumed_from:]
-    pacer = Pacer(rate=rate, speedup=speedup, first_event=todo[0].at if todo else None)
-    examples: dict[str, str] = {}
+    def checkpoint(self, *, complete: bool = False) -> None:
+        done = self.positions.watermark(self.handled)
+        if self.tracker is not None:
+            self.tracker.save(done=done, events=self.events, load_rejects_delivered=self.load_rejects_delivered,
+                              shift_seconds=None if self.shift is None else self.shift.total_seconds(),
+                              complete=complete)
 
-    # Checkpointing: positions (in publish order) of sends whose outcome is not known yet; the
-    # saved position is the longest prefix of events all acknowledged or dead-lettered.
-    outstanding: deque[int] = deque()
-    finished: set[int] = set()
-    position_of: dict[int, int] = {}
-    watermark = stats.resumed_from
+    def finish(self) -> None:
+        """Dead-letter what is queued and save the final position (also after an interrupt or failure)."""
+        self.dead_letter_queued()
+        if self.tracker is not None:
+            self.checkpoint(complete=self.positions.all_finished())
 
-    def save(*, complete: bool = False) -> None:
-        nonlocal watermark
-        while outstanding and outstanding[0] in finished:
-            finished.discard(outstanding.popleft())
-        watermark = outstanding[0] if outstanding else stats.resumed_from + sent_or_rejected
-        if tracker is not None:
-            tracker.save(done=watermark, events=len(events), load_rejects_delivered=load_rejects_delivered,
-                         shift_seconds=None if shift is None else shift.total_seconds(), complete=complete)
-
-    def account(result) -> None:
-        stats.published += len(result.acked)
-        for doc in result.acked:
-            pos = position_of.pop(id(doc), None)
-            if pos is not None:
-                finished.add(pos)
-        for doc, _ in result.failed:
-            failed.append(doc)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="doc", desc=f"replay {source}", file=sys.stderr,
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
-    params = dict(source=source, kind=kind, columns=columns, time_column=stats.time_column, shift=shift, lang=lang,
-                  detect_lang=detect_lang, html=html)
-    failed: list = []
-    sent = 0
-    sent_or_rejected = 0
-    last_checkpoint = time.monotonic()
-    try:
-        for i, (event, outcome) in enumerate(_built(todo, params, workers)):
-            pos = stats.resumed_from + i
-            sent_or_rejected = i + 1
-            pacer.wait(i, event.at)
-            if isinstance(outcome, _Rejected):
-                stats.invalid[outcome.reason] += 1
-                examples.setdefault(outcome.reason, outcome.detail)
-                rejected.append(outcome)
-                outstanding.append(pos)
-                position_of[id(outcome)] = pos
-                if len(rejected) >= 1_000:
-                    dead_letter_in_run()
-                continue
-            sink.send(outcome)
-            stats.repaired += event.repaired
-            outstanding.append(pos)
-            position_of[id(outcome)] = pos
-            sent += 1
-            if sent % checkpoint_every == 0 or (tracker is not None and sent % 64 == 0
-                                                and time.monotonic() - last_checkpoint >= checkpoint_seconds):
-                # Harvest acks without waiting, so the producer never idles at a barrier; block
-                # only when too much is outstanding (back-pressure on a slow broker).
-                account(sink.drain() if sink.in_flight >= max_in_flight else sink.collect())
-                if tracker is not None:
-                    if rejected:
-                        dead_letter_in_run()
-                    save()
-                    last_checkpoint = time.monotonic()
-            if i % 256 == 0:
-                bar.update(i - bar.n)
-        account(sink.drain())
-        if failed:
-            retry = sink.publish(failed)  # resend (see Sink.publish)
-            stats.published += len(retry.acked)
-            for doc in retry.acked:
-                pos = position_of.pop(id(doc), None)
-                if pos is not None:
-                    finished.add(pos)
-            stats.not_delivered = len(retry.failed)
-            if retry.failed:
-                raise PublishError(
-                    f"{len(retry.failed)} document(s) not delivered after retries: {retry.failed[0][1]}"
-                )
-        bar.update(len(todo) - bar.n)
-    finally:
-        dead_letter_in_run()  # also on the way out of an interrupted or failed run
-        if tracker is not None:
-            save(complete=not outstanding or all(p in finished for p in outstanding))
-        bar.close()
-        stats.seconds = time.perf_counter() - started
-    for reason, example in examples.items():
-        log.warning("rejected rows (%s), e.g. %s", reason, example[:300])
-    if stats.dead_letter_failed:
-        raise PublishError(f"{stats.dead_letter_failed} dead letter(s) not delivered after retries; "
-                           f"{stats.line()}")
-    return stats
+    def report_rejections(self) -> None:
+        for reason, example in self.examples.items():
+            log.warning("rejected rows (%s), e.g. %s", reason, example[:300])
+        if self.stats.dead_letter_failed:
+            raise PublishError(f"{self.stats.dead_letter_failed} dead letter(s) not delivered after retries; "
+                               f"{self.stats.line()}")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,10 @@ batch) fails and is retried; no default score is ever made up here.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Sequence
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from models.results import EntityArrays, ScoreArrays
 
@@ -160,28 +159,40 @@ class RemoteScorer:
         return arrays
 
     def _call(self, method: str, path: str, payload: dict | None, *, parse=None):
-        """One request with retries; returns ``parse(json)`` (or the json)."""
+        """One request with retries (tenacity: full-jitter exponential backoff); returns ``parse(json)`` (or the json)."""
         url = f"{self.url}{path}"
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                pause = random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
-                log.warning("model server %s: %s; retry %d/%d in %.2fs", url, last, attempt, self.retries, pause)
-                time.sleep(pause)
+
+        def attempt():
             try:
                 response = self._client.request(method, url, json=payload)
             except httpx.HTTPError as exc:  # connect/read/write errors and timeouts
-                last = f"{type(exc).__name__}: {exc}"
-                continue
+                raise _Transient(f"{type(exc).__name__}: {exc}") from exc
             if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
+                raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
             if response.status_code >= 400:
                 raise ScorerRejected(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
             try:
                 body = response.json()
                 return parse(body) if parse else body
             except (ValueError, KeyError, TypeError) as exc:
-                last = f"unusable answer: {type(exc).__name__}: {exc}"
-                continue
-        raise ScorerUnavailable(f"{method} {url} failed {self.retries + 1} times; last: {last}")
+                raise _Transient(f"unusable answer: {type(exc).__name__}: {exc}") from exc
+
+        def before_sleep(state: RetryCallState) -> None:
+            log.warning("model server %s: %s; retry %d/%d in %.2fs", url, state.outcome.exception(),
+                        state.attempt_number, self.retries, state.next_action.sleep if state.next_action else 0.0)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception_type(_Transient),  # ScorerRejected: retrying cannot help
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Transient as last:  # reraise=True: the last attempt's failure, never a RetryError
+            raise ScorerUnavailable(f"{method} {url} failed {self.retries + 1} times; last: {last}") from None
+
+
+class _Transient(Exception):
+    """An attempt that is worth repeating after a pause (connection error, timeout, 5xx, unusable answer)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from finpulse import durations
+from finpulse.kafka import client_config, spark_source_options
 from finpulse.settings import Settings, get_settings
 
 log = logging.getLogger("pipeline.job")
@@ -205,7 +206,7 @@ class PipelineJob:
         s, o = self.settings, self.options
         reader = (
             spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", ",".join(s.bootstrap_servers))
+            .options(**spark_source_options(s))
             .option("subscribe", f"{s.topic_documents},{s.topic_dead_letters}")
             .option("startingOffsets", "earliest")
             # Retention deleting records the job never read is reported, not fatal to the service.
@@ -478,7 +479,7 @@ def kafka_lag(settings: Settings, checkpoint: Path, topics: list[str]) -> dict[s
 
     batch_id, committed = read_checkpoint_offsets(checkpoint)
     # No group and no auto-commit: this consumer only reads end offsets, it never joins or commits.
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="finpulse-pipeline-status",
+    consumer = KafkaConsumer(**client_config(settings), client_id="finpulse-pipeline-status",
                              request_timeout_ms=15_000, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]

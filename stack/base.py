@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from finpulse.service import read_pid, stop_pid, tail  # noqa: F401 - re-exported for the stack
+# Re-exported for the stack: its pid files carry the same identity as the services'.
+from finpulse.service import (  # noqa: F401
+    ServiceError,
+    read_identity,
+    read_pid,
+    stop_pid,
+    tail,
+    write_pid_file,
+)
 from finpulse.settings import Settings
 
 
@@ -48,6 +57,10 @@ class Component:
 
     def down(self, *, purge: bool = False) -> None:
         raise NotImplementedError
+
+    def purge_paths(self) -> list[tuple[Path, str]]:
+        """(path, what) that ``down(purge=True)`` deletes, of those that exist now."""
+        return []
 
     def status(self) -> ComponentStatus:
         raise NotImplementedError
@@ -90,3 +103,20 @@ def ensure_port_free(port: int, what: str, env_var: str) -> None:
     if port_in_use(port):
         raise StackError(f"port {port} for {what} is already taken by another process: "
                          f"stop it or choose another port with {env_var}")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 from its creation on, whatever the umask).
+
+    Created with O_EXCL after removing an old copy, so the secret never sits in a file that
+    was created, or had been left, readable by others.
+    """
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a umask can only have taken bits away; this gives the owner read/write back
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs, if missing: a Java 17+ runtime, Maven,
-# the Postgres server. As root it uses apt-get; otherwise it says what to install and stops.
+# the Postgres server, runuser, kcat, psql. As root it runs apt-get; as another user it runs
+# `sudo apt-get` when sudo works without a password prompt (sudo -n), otherwise it prints the
+# `sudo apt-get install` line to run and stops.
 set -euo pipefail
 
 missing=()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import pwd
 import secrets
@@ -21,7 +22,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from stack.base import Component, ComponentStatus, StackError, ensure_port_free, require_tool, tail
+from finpulse.service import ProcessIdentity
+
+from stack.base import Component, ComponentStatus, StackError, ensure_port_free, require_tool, tail, write_private
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60
 
@@ -41,15 +46,18 @@ def _redacted(url: str) -> str:
 
 
 def probe_postgres(url: str, *, timeout_s: int = 5) -> str | None:
-    """None when the database accepts a connection, else the reason (password never shown)."""
+    """None when the database accepts a connection, else the reason (password never shown).
+
+    It connects with exactly the arguments SQLAlchemy gives psycopg2 for ``url``, libpq query
+    parameters (``sslmode``, ``application_name``, ...) included.
+    """
     import psycopg2
 
     parsed = sa.engine.make_url(url)
+    args, kwargs = sa.create_engine(parsed).dialect.create_connect_args(parsed)
+    kwargs.setdefault("connect_timeout", timeout_s)
     try:
-        conn = psycopg2.connect(
-            host=parsed.host, port=parsed.port or 5432, user=parsed.username, password=parsed.password,
-            dbname=parsed.database, connect_timeout=timeout_s,
-        )
+        conn = psycopg2.connect(*args, **kwargs)
     except psycopg2.Error as exc:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     conn.close()
@@ -136,14 +144,28 @@ class EmbeddedPostgres(Component):
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _pid(self) -> int | None:
+        """The postmaster's pid, if the one its lock file names is running.
+
+        The lock file (postmaster.pid) records the pid and the start time; a pid that now
+        belongs to another process (a crash left the file, the pid was reused) is stale: the file
+        is removed (Postgres would refuse to start over it) and nothing is signalled.
+        """
+        lock = self.data_dir / "postmaster.pid"
         try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
-            os.kill(pid, 0)
+            lines = lock.read_text().splitlines()
+            pid, started = int(lines[0]), float(lines[2])
+        except (OSError, ValueError, IndexError):
+            return None
+        process = ProcessIdentity.of(pid)
+        if process is None:
+            return None  # gone: Postgres itself replaces a lock file of a dead pid
+        if Path(process.cmdline[0] if process.cmdline else "").name == "postgres" and \
+                abs(process.started_at() - started) <= 2.0:
             return pid
-        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, NotADirectoryError):
-            return None
-        except PermissionError:
-            return None
+        log.warning("%s names pid %d, which is now another process (%s): removed, nothing signalled",
+                    lock, pid, " ".join(process.cmdline)[:120] or "?")
+        lock.unlink(missing_ok=True)
+        return None
 
     def status(self) -> ComponentStatus:
         if self.external:
@@ -180,17 +202,14 @@ class EmbeddedPostgres(Component):
     def _initdb(self) -> None:
         password = secrets.token_urlsafe(24)
         pwfile = self.cluster.resolve() / ".initdb-password"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        write_private(pwfile, password + "\n")
         self._chown(pwfile)
         try:
             self._run([_pg_bin("initdb"), "-D", str(self.data_dir), "-U", "finpulse", f"--pwfile={pwfile}",
                        "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale"], "initdb")
         finally:
             pwfile.unlink(missing_ok=True)
-        secret = self.settings.postgres_password_file
-        secret.touch(mode=0o600)
-        secret.write_text(password + "\n")
+        write_private(self.settings.postgres_password_file, password + "\n")
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\ninclude_if_exists = 'finpulse.conf'\n")
 
@@ -232,6 +251,14 @@ class EmbeddedPostgres(Component):
                     cur.execute("CREATE DATABASE finpulse")
         finally:
             conn.close()
+
+    def purge_paths(self) -> list[tuple[Path, str]]:
+        if self.external or not self.dir.exists():
+            return []
+        paths = [(self.dir, "Postgres cluster and its password")]
+        if self.cluster.is_symlink():
+            paths.append((self.cluster.resolve(), "Postgres cluster (in the postgres user's home)"))
+        return paths
 
     def down(self, *, purge: bool = False) -> None:
         if self.external:

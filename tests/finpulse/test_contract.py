@@ -95,7 +95,11 @@ def test_rejects_undecodable_payloads(raw, fragment):
 
 
 def test_document_is_immutable():
+    from pydantic import ValidationError
+
     doc = validate_document(good())
-    with pytest.raises(Exception):
+    before = doc.text
+    with pytest.raises(ValidationError) as info:
         doc.text = "changed"  # type: ignore[misc]
-    assert isinstance(doc, Document)
+    assert [e["type"] for e in info.value.errors()] == ["frozen_instance"]
+    assert doc.text == before and isinstance(doc, Document)

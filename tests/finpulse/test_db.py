@@ -1,10 +1,17 @@
+import os
 import shutil
+import site
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from finpulse import db
+
+REPO = Path(__file__).resolve().parents[2]
 
 TABLES = {"documents", "document_scores", "document_entities", "sentiment_windows", "dead_letters",
           "pipeline_batches", "alerts", "alert_deliveries", "schema_migrations"}
@@ -110,3 +117,90 @@ def test_scratch_database_is_migrated_and_dropped_even_when_the_body_fails(stack
     with admin.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": names[0]}).scalar() == 0
     admin.dispose()
+
+
+def _finpulse(*args: str, **env: str) -> subprocess.CompletedProcess:
+    # The test stack's FINPULSE_* variables come from tests/conftest.py's environment.
+    environ = {**{k: v for k, v in os.environ.items() if k != "FINPULSE_DATABASE_URL"}, **env}
+    return subprocess.run([sys.executable, "-m", "finpulse", *args], capture_output=True, text=True, env=environ,
+                          timeout=120)
+
+
+def test_the_url_db_url_prints_works_as_finpulse_database_url(stack):
+    """`finpulse db url --show-password` prints libpq's postgresql://..., which SQLAlchemy 2.1 alone maps to
+    psycopg 3 (not installed): finpulse reads it, and postgres://, as psycopg2."""
+    printed = _finpulse("db", "url", "--show-password")
+    assert printed.returncode == 0, printed.stderr
+    url = printed.stdout.strip()
+    assert url.startswith("postgresql://finpulse:") and url.endswith(f"@127.0.0.1:{stack.postgres_port}/finpulse")
+    for given in (url, url.replace("postgresql://", "postgres://", 1)):
+        out = _finpulse("db", "status", FINPULSE_DATABASE_URL=given)
+        assert out.returncode == 0, out.stderr
+        assert "Traceback" not in out.stderr
+        assert [line.split()[1] for line in out.stdout.splitlines()] == ["applied"] * len(db.discover())
+
+
+def test_libpq_query_parameters_reach_the_connection(fresh_db):
+    from pydantic import SecretStr
+
+    from stack.postgres import probe_postgres
+
+    base = fresh_db.database_url.get_secret_value().replace("postgresql+psycopg2://", "postgresql://", 1)
+
+    def with_query(query: str):
+        return fresh_db.model_copy(update={"database_url": SecretStr(f"{base}?{query}")})
+
+    settings = with_query("sslmode=disable&application_name=finpulse-x")
+    eng = db.engine(settings)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(sa.text("SHOW application_name")).scalar() == "finpulse-x"
+            assert conn.execute(sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar() is False
+    finally:
+        eng.dispose()
+    assert probe_postgres(settings.sqlalchemy_url().get_secret_value()) is None
+    # The test cluster has no TLS: sslmode=require reaching libpq is what makes these fail.
+    required = with_query("sslmode=require")
+    eng = db.engine(required)
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="server does not support SSL"):
+            eng.connect()
+    finally:
+        eng.dispose()
+    assert "server does not support SSL" in probe_postgres(required.sqlalchemy_url().get_secret_value())
+
+
+def test_migrate_refuses_a_folder_without_migrations(empty_db, tmp_path):
+    with pytest.raises(db.MigrationError, match=f"no migration files \\(NNNN_name.sql\\) in {tmp_path}"):
+        db.migrate(empty_db, tmp_path)
+    assert db.applied_versions(empty_db) == []
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_ships_and_applies_the_migrations(empty_db, tmp_path):
+    """`pip install .` (a wheel, no editable link to the checkout) into a new venv: `finpulse db migrate` there
+    finds the migrations inside the installed package and applies them.
+
+    The venv sees this venv's dependencies through a .pth line (the base interpreter has none of them),
+    but not its editable finpulse: that is only reachable through a .pth *file* of this venv, which a
+    path added by a .pth line does not run.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    (site_packages / "finpulse_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    source = tmp_path / "source"  # a clean copy: an in-tree build would reuse a stale build/ folder
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", "var", ".git", "build", "*.egg-info",
+                                                               "__pycache__", ".pytest_cache", "bench", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-build-isolation", str(source)], check=True, timeout=600,
+                   capture_output=True)
+    env = {**os.environ, "FINPULSE_DATABASE_URL": empty_db.url.render_as_string(hide_password=False)}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import finpulse.db; print(finpulse.db.SQL_DIR)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    assert Path(where.stdout.strip()) == site_packages / "finpulse" / "sql"
+    out = subprocess.run([str(venv / "bin" / "finpulse"), "db", "migrate"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in db.discover())
+    assert out.stdout.strip() == f"applied {names}; schema at version {len(db.discover())}"

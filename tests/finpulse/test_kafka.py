@@ -2,9 +2,12 @@
 
 from collections import defaultdict
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from finpulse.kafka import admin, ensure_topics
+from finpulse.kafka import admin, client_config, confluent_config, ensure_topics, security_summary, spark_source_options
+from finpulse.settings import Settings
+from tests.finpulse.pki import make_pki
 
 
 def test_topic_with_three_partitions_round_trip_by_key(stack, unique_topic):
@@ -41,3 +44,68 @@ def test_topic_with_three_partitions_round_trip_by_key(stack, unique_topic):
             break
     consumer.close()
     assert {k: [v for _, v in entries] for k, entries in sent.items()} == dict(received)
+
+
+# --- the security settings as each client library takes them ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _secure(pki, **fields) -> Settings:
+    return Settings(kafka_bootstrap="k1.example:9093,k2.example:9093", kafka_security_protocol="SASL_SSL",
+                    kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="ingest",
+                    kafka_sasl_password='pa"ss\\word', kafka_ssl_cafile=pki.ca, kafka_ssl_certfile=pki.client_cert,
+                    kafka_ssl_keyfile=pki.client_key, kafka_ssl_key_password="keypw", **fields)
+
+
+def test_kafka_python_gets_every_security_setting_under_names_its_clients_know(pki):
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    config = client_config(_secure(pki))
+    assert config == {
+        "bootstrap_servers": ["k1.example:9093", "k2.example:9093"], "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "ingest", "sasl_plain_password": 'pa"ss\\word',
+        "ssl_check_hostname": True, "ssl_cafile": str(pki.ca), "ssl_certfile": str(pki.client_cert),
+        "ssl_keyfile": str(pki.client_key), "ssl_password": "keypw",
+    }
+    for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):  # unknown names are refused at construction
+        assert set(config) <= set(client.DEFAULT_CONFIG), client.__name__
+    assert client_config(Settings()) == {"bootstrap_servers": Settings().bootstrap_servers,
+                                         "security_protocol": "PLAINTEXT"}
+
+
+def test_librdkafka_takes_the_same_settings(pki):
+    from confluent_kafka import Producer
+
+    config = confluent_config(_secure(pki, kafka_ssl_check_hostname=False))
+    assert config == {
+        "bootstrap.servers": "k1.example:9093,k2.example:9093", "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "ingest", "sasl.password": 'pa"ss\\word',
+        "ssl.endpoint.identification.algorithm": "none", "ssl.ca.location": str(pki.ca),
+        "ssl.certificate.location": str(pki.client_cert), "ssl.key.location": str(pki.client_key),
+        "ssl.key.password": "keypw",
+    }
+    Producer(config)  # librdkafka checks every property name and loads the CA, certificate and key here
+
+
+def test_spark_gets_the_pem_contents_and_a_jaas_line(pki):
+    options = spark_source_options(_secure(pki))
+    assert options == {
+        "kafka.bootstrap.servers": "k1.example:9093,k2.example:9093", "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "SCRAM-SHA-512",
+        "kafka.sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                                  'username="ingest" password="pa\\"ss\\\\word";',
+        "kafka.ssl.endpoint.identification.algorithm": "https",
+        "kafka.ssl.truststore.type": "PEM", "kafka.ssl.truststore.certificates": pki.ca.read_text(),
+        "kafka.ssl.keystore.type": "PEM", "kafka.ssl.keystore.certificate.chain": pki.client_cert.read_text(),
+        "kafka.ssl.keystore.key": pki.client_key.read_text(), "kafka.ssl.key.password": "keypw",
+    }
+    plain = spark_source_options(Settings(kafka_bootstrap="k1:9092"))
+    assert plain == {"kafka.bootstrap.servers": "k1:9092", "kafka.security.protocol": "PLAINTEXT"}
+
+
+def test_what_is_logged_about_the_security_holds_no_secret(pki):
+    assert security_summary(_secure(pki)) == "SASL_SSL SCRAM-SHA-512 as user 'ingest'"
+    assert security_summary(Settings()) == "PLAINTEXT"

@@ -8,12 +8,13 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from finpulse.contract import Document, validate_document
+from finpulse.kafka import client_config
 
 
 def consume_raw(settings, topic: str) -> list[tuple[bytes, bytes]]:
     """Every (key, value) in ``topic`` now; deterministic, because it reads to the end offsets."""
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_config(settings),  # servers and security: the SASL tests read through this too
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         consumer_timeout_ms=30_000,

@@ -220,6 +220,14 @@ def test_resume_continues_after_the_acknowledged_position(tmp_path):
     assert dead2.envelopes == []  # not dead-lettered twice
     assert stats.skipped == {"resume_already_delivered": 1_500, "resume_already_dead_lettered": 1}
     assert stats.balanced and stats.published == 1_500
+    # The resumed run saved the end of the file (its own sends counted from where it started) ...
+    saved = json.loads(next(state.glob("replay-*.json")).read_text())
+    assert (saved["done"], saved["events"], saved["complete"]) == (3_000, 3_000, True)
+    # ... so resuming once more sends nothing.
+    third = MemorySink()
+    again = replay(path, sink=third, source="tw", columns=Columns(id="id"), detect_lang=False,
+                   dead_letters=MemoryDeadLetterSink(), state_dir=state, resume=True)
+    assert third.documents == [] and again.skipped["resume_already_delivered"] == 3_000
 
     # Without --resume a rerun starts over; a changed file is never resumed at a stale position.
     path.write_bytes(path.read_bytes() + _row(59, "one more row"))
