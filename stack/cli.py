@@ -38,9 +38,11 @@ def up() -> None:
 def down(purge: bool) -> None:
     """Stop the embedded components; data is kept unless --purge."""
     try:
-        LocalStack().down(purge=purge)
+        deleted = LocalStack().down(purge=purge)
     except StackError as exc:
         _fail(exc)
+    for path, what in deleted:
+        click.echo(f"deleted {path} ({what})")
     click.echo("stack down" + (" (data purged)" if purge else ""))
 
 

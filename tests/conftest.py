@@ -31,7 +31,9 @@ TEST_ENV = {
     "FINPULSE_KAFKA_CONTROLLER_PORT": str(TEST_KAFKA_PORT + 1),
     "FINPULSE_POSTGRES_PORT": str(TEST_POSTGRES_PORT),
 }
-for _key in ("FINPULSE_DATABASE_URL", "FINPULSE_KAFKA_BOOTSTRAP"):
+# The operator's own external services and Kafka security settings must not leak into the tests.
+for _key in [k for k in os.environ if k in ("FINPULSE_DATABASE_URL", "FINPULSE_KAFKA_BOOTSTRAP")
+             or k.startswith(("FINPULSE_KAFKA_SECURITY_", "FINPULSE_KAFKA_SASL_", "FINPULSE_KAFKA_SSL_"))]:
     os.environ.pop(_key, None)
 os.environ.update(TEST_ENV)
 

@@ -100,6 +100,7 @@ def test_up_twice_down_up_keeps_data_then_purge_takes_every_derived_state(own_se
         f"deleted {home / 'demo'} (demo replay marker)",
         f"deleted {home / 'ingest'} (ingest replay positions and seen-store)",
     ]
+    assert [line for line in out.stdout.splitlines() if line.startswith("deleted ")] == said  # and on stdout
 
 
 def test_port_taken_is_a_clear_error(own_settings):
