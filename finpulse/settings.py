@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor for topics finpulse creates.")
 
     model_dir: Path | None = Field(None, description="Model to score with; unset = the shipped model.")
+    model_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="How the model computes: auto = bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), "
+        "int8 linear layers on other CPUs; fp32, bf16 or int8 (CPU only) to choose.")
     log_level: str = Field("INFO", description="Python log level.")
 
     # --- pipeline (pipeline/, the Spark streaming job) ---

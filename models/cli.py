@@ -16,6 +16,12 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _precision(precision: str | None) -> str:
+    from finpulse.settings import get_settings
+
+    return precision or get_settings().model_precision
+
+
 @click.group("model")
 def cli() -> None:
     """The fine-tuned MiniLM sentiment + topic model."""
@@ -35,9 +41,12 @@ def cli() -> None:
               help="Padded tokens per model batch (default 4096 on CPU, 65536 on CUDA).")
 @click.option("--entity-column", default=None,
               help="Also score sentiment towards the entity in this column (entity_* columns; needs a model with an entity head).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default=None,
+              help="auto: bf16 on a GPU or a CPU with native bf16, int8 linear layers on other CPUs "
+                   "(default FINPULSE_MODEL_PRECISION).")
 @click.option("--threads", type=int, default=None)
 def predict_command(input_path, text_column, output, model_dir, explain, max_chunks, token_budget, entity_column,
-                    threads) -> None:
+                    precision, threads) -> None:
     """Score every row of a file; writes the input columns plus the prediction columns."""
     import pandas as pd
 
@@ -55,7 +64,8 @@ def predict_command(input_path, text_column, output, model_dir, explain, max_chu
     texts = [t if isinstance(t, str) else None for t in table[text_column].tolist()]
     if entity_column is not None and entity_column not in table.columns:
         raise click.UsageError(f"{input_path} has no column {entity_column!r}; columns: {list(table.columns)}")
-    scorer = Scorer.load(model_dir, max_chunks=max_chunks, token_budget=token_budget)
+    scorer = Scorer.load(model_dir, max_chunks=max_chunks, token_budget=token_budget,
+                         precision=_precision(precision))
     if entity_column is not None and "entity" not in scorer.labels:
         raise click.UsageError(f"model {scorer.version} has no entity head: train one with --with-entities")
     scored = scorer.score_frame(texts)
@@ -89,18 +99,22 @@ def predict_command(input_path, text_column, output, model_dir, explain, max_chu
               help="Chunks read per text when a request does not say.")
 @click.option("--token-budget", type=click.IntRange(64), default=None,
               help="Padded tokens per model batch (default 4096 on CPU, 65536 on CUDA).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default=None,
+              help="auto: bf16 on a GPU or a CPU with native bf16, int8 linear layers on other CPUs "
+                   "(default FINPULSE_MODEL_PRECISION).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads per CPU worker.")
 @click.option("--request-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
               help="Seconds a request may wait and run before the server answers 504.")
 def serve_command(device, host, port, model_dir, max_batch_size, batch_timeout, workers_per_device, max_chunks,
-                  token_budget, threads, request_timeout) -> None:
+                  token_budget, precision, threads, request_timeout) -> None:
     """Serve the model over HTTP (LitServe): POST /score, GET /health, /info, /metrics/."""
     from models.serve import default_device, run_server
 
     run_server(host=host, port=port, device=device or default_device(),
                model_dir=None if model_dir is None else str(model_dir), max_batch_size=max_batch_size,
                batch_timeout=batch_timeout, workers_per_device=workers_per_device, threads=threads,
-               max_chunks=max_chunks, token_budget=token_budget, request_timeout=request_timeout)
+               max_chunks=max_chunks, token_budget=token_budget, request_timeout=request_timeout,
+               precision=_precision(precision))
 
 
 # Training and evaluation commands live with their code; they import it only when invoked.

@@ -20,7 +20,8 @@ def explain(scorer: Scorer, texts: list[str | None], *, top_k: int = 5, steps: i
     Scores are attributions normalised by the text's total absolute attribution, so they read as
     shares. Runs in fp32 (gradients), one text at a time: meant for inspection, not the stream.
     """
-    network, tokenizer = scorer.network, scorer.model.tokenizer
+    # The loaded fp32 network: an int8 one (Scorer precision int8) has no gradients to integrate.
+    network, tokenizer = scorer.model.network, scorer.model.tokenizer
     embeddings = network.encoder.get_input_embeddings()
     results: list[list[tuple[str, float]]] = []
     for raw in texts:

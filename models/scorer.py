@@ -15,7 +15,9 @@ by a token budget (rows x padded length), each padded only to its own longest ch
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,23 +63,48 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def autocast_dtype_for(device: torch.device, bf16: bool | None = None) -> torch.dtype | None:
-    """The autocast dtype to run on ``device`` (None: plain fp32).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
-    ``bf16=None`` (auto): on CUDA bf16 where the GPU has it natively (Ampere and later), else
-    fp16 (the encoder's LayerNorm and softmax stay fp32 under autocast, so fp16 is safe for
-    inference); on CPU bf16 only where it is native (AVX512-BF16/AMX), else fp32, because
-    emulated bf16 is slower than fp32. ``bf16=False`` forces fp32, ``bf16=True`` forces bf16.
-    """
-    if bf16 is False:
-        return None
-    if bf16 is True:
-        return torch.bfloat16
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """What ``auto`` means on ``device``: ``bf16`` on CUDA with native bf16 (Ampere and later), else ``fp16``
+    (the encoder's LayerNorm and softmax stay fp32 under autocast); on a CPU with native bf16
+    (AVX512-BF16/AMX) ``bf16``, elsewhere ``int8``: dynamic int8 weights and activations in the encoder's
+    linear layers (``quantize_encoder``), because there fp32 is the alternative, and emulated bf16 is
+    slower than fp32. An explicit choice is kept (``int8`` only on CPU: it is a CPU kernel)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"int8 runs on CPU only, not {device}")
+    if precision != "auto":
+        return precision
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and bf16_supported(device):
-        return torch.bfloat16
-    return None
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if bf16_supported(device) else "int8"
+
+
+def autocast_dtype_for(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: no autocast, fp32 or int8 kernels)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(device, precision))
+
+
+# The FFN output projections stay fp32 under int8: their inputs (the GELU outputs) have the outlier
+# channels that per-tensor dynamic activation scales handle worst; quantizing them too lost 0.7 point of
+# sentiment macro-F1 on our test split, without them it lost none (bench/README.md, int8).
+INT8_KEEP_FP32 = re.compile(r"^encoder\.layer\.\d+\.output\.dense$")
+
+
+def quantize_encoder(network: MultiHeadEncoder) -> MultiHeadEncoder:
+    """A copy of ``network`` whose encoder linear layers (but ``INT8_KEEP_FP32``) run dynamic int8 (torch's
+    fbgemm/x86 kernels: int8 weights, activations quantized per batch); the heads stay fp32. A copy,
+    because the loaded fp32 network stays what the explainer differentiates through."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    quantized = copy.deepcopy(network)
+    chosen = {name: default_dynamic_qconfig for name, module in quantized.encoder.named_modules()
+              if isinstance(module, torch.nn.Linear) and not INT8_KEEP_FP32.match(name)}
+    quantize_dynamic(quantized.encoder, chosen, dtype=torch.qint8, inplace=True)
+    return quantized.eval()
 
 
 def autocast_context(device: torch.device, enabled: bool | torch.dtype | None):
@@ -341,11 +368,11 @@ class Scorer:
         max_chunks: int = DEFAULT_MAX_CHUNKS,
         token_budget: int | None = None,
         batch_size: int | None = None,
-        bf16: bool | None = None,
+        precision: str = "auto",
         first_chunk_weight: float = FIRST_CHUNK_WEIGHT,
     ):
         """``token_budget``: padded tokens per batch (default per device type, ``DEFAULT_TOKEN_BUDGET``);
-        ``batch_size``: optional cap on rows per batch; ``bf16``: see ``autocast_dtype_for``."""
+        ``batch_size``: optional cap on rows per batch; ``precision``: see ``resolve_precision``."""
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be >= 1, not {max_chunks}")
         self.model = model
@@ -356,9 +383,11 @@ class Scorer:
         if self.token_budget < self.max_length:
             raise ValueError(f"token_budget {self.token_budget} is below one chunk ({self.max_length} tokens)")
         self.batch_size = batch_size
-        self.autocast_dtype = autocast_dtype_for(self.device, bf16)
+        self.precision = resolve_precision(self.device, precision)
+        self.autocast_dtype = autocast_dtype_for(self.device, self.precision)
         self.first_chunk_weight = first_chunk_weight
-        self.network = model.network.to(self.device).eval()
+        network = model.network.to(self.device).eval()
+        self.network = quantize_encoder(network) if self.precision == "int8" else network
         self.labels = model.config["labels"]
         self.languages = model_languages(model.config)  # what it reads; other languages are not scored
         self.temperature = model.config.get("temperature", {})
@@ -374,14 +403,14 @@ class Scorer:
     def load(
         cls, model_dir: str | Path | None = None, *, device: str | torch.device | None = None,
         max_chunks: int = DEFAULT_MAX_CHUNKS, token_budget: int | None = None, batch_size: int | None = None,
-        bf16: bool | None = None,
+        precision: str = "auto",
     ) -> Scorer:
         """Load a model folder (``None``: FINPULSE_MODEL_DIR or the shipped model) onto ``device``.
 
         ``device=None`` picks CUDA when present. No peft import: LoRA is merged at load.
         """
         return cls(model=load_model(None if model_dir is None else Path(model_dir)), device=device,
-                   max_chunks=max_chunks, token_budget=token_budget, batch_size=batch_size, bf16=bf16)
+                   max_chunks=max_chunks, token_budget=token_budget, batch_size=batch_size, precision=precision)
 
     def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
         """Scores aligned with ``texts``; non-str, blank or unreadable entries get status ``empty``."""
@@ -540,14 +569,16 @@ class Scorer:
         return self.score_arrays(list(texts), max_chunks=max_chunks).to_frame()
 
 
-_CACHE: dict[tuple[str, str], Scorer] = {}
+_CACHE: dict[tuple[str, str, str], Scorer] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_scorer(model_dir: str | None = None, device: str | None = None, *, threads: int | None = None) -> Scorer:
-    """The Scorer for (model folder, device), loaded once per process and reused: call it inside ``mapInPandas``.
+def get_scorer(model_dir: str | None = None, device: str | None = None, *, threads: int | None = None,
+               precision: str = "auto") -> Scorer:
+    """The Scorer for (model folder, device, precision), loaded once per process and reused: call it inside
+    ``mapInPandas``.
 
-    Keyed by the resolved model folder and device, so ``None``/``FINPULSE_MODEL_DIR``/the explicit
+    Keyed by the resolved model folder, device and precision, so ``None``/``FINPULSE_MODEL_DIR``/the explicit
     path share one instance, as do ``cuda`` and ``cuda:0``. ``max_chunks`` is chosen per call
     (``score_arrays(..., max_chunks=K)``). On CPU with ``threads`` given, torch uses that many
     threads (the task's CPUs: no oversubscription when several tasks share a host); it is set on
@@ -556,10 +587,10 @@ def get_scorer(model_dir: str | None = None, device: str | None = None, *, threa
     resolved_device = resolve_device(device)
     if resolved_device.type == "cpu" and threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    key = (str(resolve_model_dir(model_dir)), str(resolved_device))
+    key = (str(resolve_model_dir(model_dir)), str(resolved_device), resolve_precision(resolved_device, precision))
     with _CACHE_LOCK:
         scorer = _CACHE.get(key)
         if scorer is None:
-            scorer = Scorer.load(key[0], device=resolved_device)
+            scorer = Scorer.load(key[0], device=resolved_device, precision=key[2])
             _CACHE[key] = scorer
     return scorer

@@ -69,12 +69,13 @@ class ScorerAPI(ls.LitAPI):
     """LitServe API around ``models.scorer.Scorer``; one instance per inference worker (per device)."""
 
     def __init__(self, *, model_dir: str | None, max_chunks: int, token_budget: int | None, threads: int | None,
-                 max_batch_size: int, batch_timeout: float):
+                 max_batch_size: int, batch_timeout: float, precision: str = "auto"):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=SCORE_PATH)
         self.model_dir = model_dir
         self.max_chunks = max_chunks
         self.token_budget = token_budget
         self.threads = threads
+        self.precision = precision
         self.scorer = None
 
     def setup(self, device):
@@ -85,7 +86,7 @@ class ScorerAPI(ls.LitAPI):
         if str(device).startswith("cpu") and self.threads:
             torch.set_num_threads(self.threads)
         self.scorer = Scorer.load(self.model_dir, device=device, max_chunks=self.max_chunks,
-                                  token_budget=self.token_budget)
+                                  token_budget=self.token_budget, precision=self.precision)
         log.info("scorer %s ready on %s (autocast %s, token budget %d)", self.scorer.version, self.scorer.device,
                  self.scorer.autocast_dtype, self.scorer.token_budget)
 
@@ -219,7 +220,7 @@ class PrometheusLogger(ls.Logger):
 
 def build_server(*, device: str, model_dir: str | None, max_batch_size: int, batch_timeout: float,
                  workers_per_device: int, threads: int | None, max_chunks: int, token_budget: int | None,
-                 request_timeout: float) -> ls.LitServer:
+                 request_timeout: float, precision: str = "auto") -> ls.LitServer:
     """The LitServer, not started. Sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir) unless set."""
     import json
 
@@ -234,9 +235,9 @@ def build_server(*, device: str, model_dir: str | None, max_batch_size: int, bat
                 "batch_timeout": batch_timeout,
                 # How this model reads (text, entity) pairs: clients send raw pairs, the server builds them.
                 "entity_input": entity_input(config) if ENTITY_TASK in config["labels"] else None,
-                "languages": list(model_languages(config))}
+                "languages": list(model_languages(config)), "precision": precision}
     api = ScorerAPI(model_dir=str(folder), max_chunks=max_chunks, token_budget=token_budget, threads=threads,
-                    max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+                    max_batch_size=max_batch_size, batch_timeout=batch_timeout, precision=precision)
     return ls.LitServer(api, accelerator=device, devices="auto", workers_per_device=workers_per_device,
                         timeout=request_timeout, model_metadata=metadata, loggers=PrometheusLogger(),
                         track_requests=True)

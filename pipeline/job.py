@@ -36,6 +36,10 @@ log = logging.getLogger("pipeline.job")
 # How long the job waits before restarting a query that failed (a batch that raised), doubling
 # up to the cap: a model server that is down must not make the job spin.
 RESTART_BACKOFF_S = (2.0, 60.0)
+# Spark stops a Python worker that has been idle for a minute, and the next batch would pay the model's
+# load again (seconds): while the stream is quiet, the job runs a tiny task per slot this often so its
+# workers stay warm.
+WARM_EVERY_S = 40.0
 
 
 class JobError(RuntimeError):
@@ -87,6 +91,21 @@ class JobOptions:
             master=master,
             checkpoint=checkpoint_root(settings) / name,
         )
+
+
+def task_slots(spark) -> int:
+    """Tasks the cluster runs at once (local[*]: the cores): how many parts a batch is cut into."""
+    return max(1, int(spark.sparkContext.defaultParallelism))
+
+
+def balanced(batch_df, slots: int):
+    """The batch in ``slots`` equal parts (round robin) when there is more than one slot.
+
+    Spark reads one task per Kafka partition: 3 partitions on 2 slots leave the third running alone while
+    a core waits, and a busy partition holds up the batch. Scoring is the batch's cost, so the records
+    are spread evenly first; the shuffle of a few thousand small records costs milliseconds.
+    """
+    return batch_df.repartition(slots) if slots > 1 else batch_df
 
 
 def under_spark_submit() -> bool:
@@ -176,6 +195,9 @@ class PipelineJob:
         self.on_progress = on_progress
         self.status_file = state_dir(self.settings, options.query_name) / "progress.json"
         self._logged_batches: set[int] = set()
+        self.slots = 1
+        self._last_warm: float | None = None  # when the Python workers last loaded or used the model
+        self._warm_config = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -190,6 +212,7 @@ class PipelineJob:
             max_chunks=s.pipeline_max_chunks,
             scorer_url=self.options.scorer_url,
             model_dir=str(s.model_dir) if s.model_dir else None,
+            precision=s.model_precision,
             aliases_files=aliases,
             max_message_bytes=s.pipeline_max_message_bytes,
         )
@@ -231,7 +254,7 @@ class PipelineJob:
             try:
                 # Collected once: the scored frame is never computed twice (a second action on it
                 # would score every record again).
-                rows = batch_df.mapInPandas(processor, PROCESSED_DDL).toArrow()
+                rows = balanced(batch_df, self.slots).mapInPandas(processor, PROCESSED_DDL).toArrow()
                 report = sink.write_batch(batch_id, rows, scorer_name=scorer_name, started_at=started_at)
                 elapsed = time.monotonic() - t0
                 figures = _report_dict(report)
@@ -269,7 +292,12 @@ class PipelineJob:
         o = self.options
         own_spark = spark is None
         spark = spark or build_spark(self.settings, master=o.master)
-        processor = make_processor(self._processor_config())
+        config = self._processor_config()
+        processor = make_processor(config)
+        self.slots = task_slots(spark)
+        if not o.scorer_url:
+            self._warm_config = config
+            self._warm_workers(spark, config)
         sink = self._sink()
         scorer_name = o.scorer_url or "in-process"
         o.checkpoint.mkdir(parents=True, exist_ok=True)
@@ -317,6 +345,22 @@ class PipelineJob:
                 spark.stop()
         return len(self.state.reports)
 
+    def _warm_workers(self, spark, config) -> None:
+        """Load the scorer in one Python worker per task slot before the query starts (see ``WARM_EVERY_S``)."""
+        from pipeline.process import make_warm_up
+
+        t0 = time.monotonic()
+        try:
+            pids = {row.pid for row in spark.range(0, self.slots, numPartitions=self.slots)
+                    .mapInPandas(make_warm_up(config), "pid long").collect()}
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails the first batch with its error
+            log.warning("warming the Python workers failed (%s); the first batch loads the model", _one_line(str(exc)))
+            return
+        first = self._last_warm is None
+        self._last_warm = time.monotonic()
+        log.log(logging.INFO if first else logging.DEBUG, "%d Python worker(s) %s the model in %.1fs", len(pids),
+                "loaded" if first else "kept", time.monotonic() - t0)
+
     def _sleep_unless_stopped(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -342,6 +386,10 @@ class PipelineJob:
                 in_batch = self.state.in_batch
                 stop = self.state.stop_requested
                 quiet_for = time.monotonic() - self.state.last_activity
+            if not stop and not in_batch and self._warm_config is not None:
+                last_used = max(self.state.last_activity, self._last_warm or 0.0)
+                if time.monotonic() - last_used >= WARM_EVERY_S:
+                    self._warm_workers(query.sparkSession, self._warm_config)
             if not stop and idle is not None and not in_batch and quiet_for >= idle:
                 # Idle means nothing left to read, not merely "no batch lately": Spark can take
                 # longer than S to plan its first batch.

@@ -71,6 +71,7 @@ class ProcessorConfig:
     max_chunks: int = 4
     scorer_url: str | None = None
     model_dir: str | None = None
+    precision: str = "auto"  # FINPULSE_MODEL_PRECISION: models.scorer.resolve_precision
     aliases_files: tuple[str, ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
@@ -376,7 +377,8 @@ def task_resources() -> tuple[str, int | None]:
 def worker_scorer(config: ProcessorConfig):
     """The scorer of this Python worker: remote when ``scorer_url`` is set, else in-process on the task's device."""
     device, threads = task_resources()
-    key = ("remote", config.scorer_url) if config.scorer_url else ("local", config.model_dir, device, threads)
+    key = (("remote", config.scorer_url) if config.scorer_url
+           else ("local", config.model_dir, device, threads, config.precision))
     with _cache_lock:
         scorer = _scorers.get(key)
         if scorer is None:
@@ -387,7 +389,7 @@ def worker_scorer(config: ProcessorConfig):
             else:
                 from models.scorer import get_scorer
 
-                scorer = get_scorer(config.model_dir, device, threads=threads)
+                scorer = get_scorer(config.model_dir, device, threads=threads, precision=config.precision)
             _scorers[key] = scorer
     return scorer
 
@@ -398,6 +400,22 @@ def worker_linker(config: ProcessorConfig) -> EntityLinker:
         if linker is None:
             linker = _linkers[config.aliases_files] = EntityLinker.load(config.aliases_files)
     return linker
+
+
+def make_warm_up(config: ProcessorConfig) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """For ``df.mapInPandas(fn, "pid long")``: load this Python worker's scorer and alias table (and answer
+    its pid), so the first batch with data does not wait for a model load."""
+
+    def warm(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import os
+
+        worker_scorer(config)
+        worker_linker(config)
+        for _ in batches:
+            pass
+        yield pd.DataFrame({"pid": [os.getpid()]})
+
+    return warm
 
 
 def make_processor(config: ProcessorConfig) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:

@@ -17,7 +17,8 @@ def shipped_scorer():
 
     if not (SHIPPED_DIR / "config.json").is_file():
         pytest.fail(f"no shipped model in {SHIPPED_DIR}: run `finpulse model train --out {SHIPPED_DIR}`")
-    return Scorer.load(device="cpu")
+    # fp32: the same numbers on every CPU (auto picks bf16 or int8 by the CPU; those are tested against this)
+    return Scorer.load(device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")

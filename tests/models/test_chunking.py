@@ -13,6 +13,7 @@ import torch
 
 from models.network import SHIPPED_DIR
 from models.scorer import (
+    resolve_precision,
     ScoreArrays,
     Scorer,
     autocast_dtype_for,
@@ -37,7 +38,7 @@ SHORT = ["Shares plunge after the company misses earnings and cuts guidance",
 @pytest.fixture(scope="module")
 def fp32_scorer(shipped_scorer):
     """The shipped network in fp32: batch composition then changes results only by float rounding."""
-    return Scorer(model=shipped_scorer.model, device="cpu", bf16=False)
+    return Scorer(model=shipped_scorer.model, device="cpu", precision="fp32")
 
 
 def _pieces(scorer, text):
@@ -95,10 +96,10 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_row():
 
 def test_token_budget_batching_gives_the_same_results_as_one_by_one(fp32_scorer):
     texts = SHORT + [LEAD + NEGATIVE_BODY * 3, "Gold hits a record high", LEAD]
-    one_chunk_per_batch = Scorer(model=fp32_scorer.model, device="cpu", bf16=False,
+    one_chunk_per_batch = Scorer(model=fp32_scorer.model, device="cpu", precision="fp32",
                                  token_budget=fp32_scorer.max_length)
     together = one_chunk_per_batch.score_arrays(texts)
-    big = Scorer(model=fp32_scorer.model, device="cpu", bf16=False, token_budget=8192).score_arrays(texts)
+    big = Scorer(model=fp32_scorer.model, device="cpu", precision="fp32", token_budget=8192).score_arrays(texts)
     alone = [fp32_scorer.score_arrays([t]) for t in texts]
     for name in ("p_negative", "p_neutral", "p_positive", "topic_confidence"):
         single = np.concatenate([getattr(a, name) for a in alone])
@@ -160,7 +161,7 @@ def test_precision_choice_per_device(monkeypatch):
     assert autocast_dtype_for(cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype_for(cuda) == torch.float16  # e.g. a T4 or V100: fp16, not emulated bf16
-    assert autocast_dtype_for(cuda, bf16=False) is None
+    assert autocast_dtype_for(cuda, precision="fp32") is None
     monkeypatch.setattr("models.scorer.bf16_supported", lambda device: True)
     assert autocast_dtype_for(torch.device("cpu")) == torch.bfloat16
     monkeypatch.setattr("models.scorer.bf16_supported", lambda device: False)

@@ -60,7 +60,7 @@ def test_bad_inputs_give_results_not_exceptions(shipped_scorer):
 def test_results_come_back_in_input_order(shipped_scorer):
     texts = NEGATIVE + POSITIVE
     # Different lengths and a small batch force several length-sorted batches.
-    small = Scorer(model=shipped_scorer.model, device=shipped_scorer.device, batch_size=1, bf16=False)
+    small = Scorer(model=shipped_scorer.model, device=shipped_scorer.device, batch_size=1, precision="fp32")
     one_by_one = [small.score([t])[0].p_positive for t in texts]
     batched = [p.p_positive for p in small.score(list(reversed(texts)))][::-1]
     assert batched == pytest.approx(one_by_one, abs=1e-5)
@@ -74,15 +74,35 @@ def test_score_frame_columns(shipped_scorer):
 
 def test_bf16_agrees_with_fp32(shipped_scorer):
     if not bf16_supported(torch.device("cpu")):
-        pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): the scorer runs fp32 here, nothing to compare")
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): no bf16 to compare with fp32 here")
     texts = pd.read_csv(DATA_DIR / "twitter_financial_news_sentiment_train.csv.gz")["text"].sample(
         n=300, random_state=7).tolist()
-    fp32 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, bf16=False).score(texts)
-    bf16 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, bf16=True).score(texts)
+    fp32 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, precision="fp32").score(texts)
+    bf16 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, precision="bf16").score(texts)
     sentiment_agree = sum(a.sentiment == b.sentiment for a, b in zip(fp32, bf16)) / len(texts)
     topic_agree = sum(a.topic == b.topic for a, b in zip(fp32, bf16)) / len(texts)
     assert sentiment_agree >= 0.99
     assert topic_agree >= 0.99
+
+
+def test_int8_agrees_with_fp32_and_keeps_the_ffn_outputs_fp32(shipped_scorer):
+    """int8 (what auto picks on a CPU without native bf16) changes few labels; the loaded fp32 network is
+    left as it was (the explainer differentiates through it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    texts = pd.read_csv(DATA_DIR / "twitter_financial_news_sentiment_train.csv.gz")["text"].sample(
+        n=300, random_state=7).tolist()
+    int8 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, precision="int8")
+    assert int8.precision == "int8" and int8.network is not shipped_scorer.model.network
+    kinds = {name: type(m) for name, m in int8.network.encoder.named_modules()}
+    assert kinds["encoder.layer.0.attention.self.query"] is DynamicLinear
+    assert kinds["encoder.layer.0.intermediate.dense"] is DynamicLinear
+    assert kinds["encoder.layer.0.output.dense"] is torch.nn.Linear  # the FFN output stays fp32
+    assert isinstance(shipped_scorer.model.network.encoder.encoder.layer[0].attention.self.query, torch.nn.Linear)
+    fp32, quantized = shipped_scorer.score_arrays(texts), int8.score_arrays(texts)
+    assert (fp32.sentiment == quantized.sentiment).mean() >= 0.97
+    assert (fp32.topic == quantized.topic).mean() >= 0.95
+    assert abs(fp32.p_negative - quantized.p_negative).max() < 0.5
 
 
 def test_long_texts_are_cut_like_the_tokenizer_cuts_them(shipped_scorer):

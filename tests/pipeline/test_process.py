@@ -41,7 +41,7 @@ def records(values: list[tuple[str, bytes | None]]) -> pd.DataFrame:
 def scorer():
     from models.scorer import get_scorer
 
-    return get_scorer(None, "cpu", threads=2)
+    return get_scorer(None, "cpu", threads=2, precision="fp32")
 
 
 @pytest.fixture(scope="module")
