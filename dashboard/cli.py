@@ -1,0 +1,116 @@
+"""`finpulse dashboard` (serve, start, stop, status) and `finpulse report`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+SERVICE = "dashboard"
+
+
+def _settings(host: str | None = None, port: int | None = None):
+    from finpulse.settings import get_settings
+
+    settings = get_settings()
+    update = {k: v for k, v in (("dashboard_host", host), ("dashboard_port", port)) if v is not None}
+    return settings.model_copy(update=update) if update else settings
+
+
+HOST_OPTION = click.option("--host", default=None, help="Address to listen on (default FINPULSE_DASHBOARD_HOST, 127.0.0.1).")
+PORT_OPTION = click.option("--port", type=int, default=None, help="Port (default FINPULSE_DASHBOARD_PORT, 8050).")
+
+
+def probe(url: str, timeout: float = 3.0) -> dict:
+    """What the dashboard at ``url`` says of itself (GET /healthz), or why it does not answer."""
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/healthz", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return {"answers": False, "healthy": False, "detail": f"no answer: {type(exc).__name__}"}
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:200]}
+    return {"answers": True, "healthy": response.status_code == 200, **body}
+
+
+@click.group(SERVICE, invoke_without_command=True)
+@HOST_OPTION
+@PORT_OPTION
+@click.pass_context
+def dashboard(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the analysts' dashboard in the foreground (start | stop | status: as a background service)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import waitress
+
+    from dashboard.app import create_app
+
+    settings = _settings(host, port)
+    app = create_app(settings)
+    try:
+        server = waitress.create_server(app.server, host=settings.dashboard_host, port=settings.dashboard_port,
+                                        threads=8, ident="finpulse-dashboard")
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.dashboard_host}:{settings.dashboard_port} ({exc.strerror}): "
+                                   "choose another with --port or FINPULSE_DASHBOARD_PORT") from None
+    click.echo(f"dashboard on {settings.dashboard_url} (reading Postgres as finpulse_analyst); Ctrl-C stops it",
+               err=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+def _service(settings):
+    from finpulse.service import ManagedService, python_module_argv
+
+    return ManagedService(SERVICE, python_module_argv("finpulse", "dashboard", "--host", settings.dashboard_host,
+                                                      "--port", str(settings.dashboard_port)), settings=settings)
+
+
+@dashboard.command("start")
+@HOST_OPTION
+@PORT_OPTION
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait until it answers.")
+def start(host: str | None, port: int | None, timeout: float) -> None:
+    """Start the dashboard in the background (idempotent; pid and log under FINPULSE_HOME/dashboard/)."""
+    from finpulse.service import ServiceError
+
+    settings = _settings(host, port)
+    service = _service(settings)
+    try:
+        status = service.start(ready=lambda: probe(settings.dashboard_url, timeout=1.0)["answers"], timeout=timeout)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{status.line()} {settings.dashboard_url}")
+
+
+@dashboard.command("stop")
+def stop() -> None:
+    """Stop the background dashboard."""
+    click.echo("dashboard stopped" if _service(_settings()).stop(timeout=20) else "dashboard was not running")
+
+
+@dashboard.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Whether the dashboard runs and answers (exit 0), or not (exit 3)."""
+    settings = _settings()
+    service = _service(settings).status()
+    report = {"running": service.running, "pid": service.pid, "log": str(service.log), "url": settings.dashboard_url,
+              **probe(settings.dashboard_url)}
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        click.echo(f"{service.line()}\n{settings.dashboard_url}: "
+                   + ("answers" if report["answers"] else "does not answer")
+                   + (f" ({report['detail']})" if report.get("detail") else ""))
+    sys.exit(0 if report["healthy"] else 3)
