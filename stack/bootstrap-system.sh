@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs, if missing: a Java 17+ runtime, Maven,
-# the Postgres server. As root it uses apt-get; otherwise it says what to install and stops.
+# the Postgres server, psql, kcat, and Chromium + chromedriver for the dashboard's browser tests. As root it uses apt-get; otherwise it says what to install and stops.
 set -euo pipefail
 
 missing=()
@@ -16,6 +16,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# The dashboard's browser tests: Debian's Chromium and its WebDriver (selenium drives them).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -70,7 +70,7 @@ def test_market_page_shows_the_trend_the_movers_and_the_firing_alerts(served, br
     assert_clean(browser, base)
 
     # The 1-minute view of the same page: the 180 minute windows of the last 3 hours.
-    browser.find_element(By.LINK_TEXT, "1m").click()
+    browser.execute_script("Array.from(document.querySelectorAll('.widths a')).find(a => a.innerText === '1m').click()")
     WebDriverWait(browser, TIMEOUT).until(lambda d: "1m windows" in (graph(d, "market-trend")["title"] or ""))
     assert len(trace(graph(browser, "market-trend"), "documents")) == 180
     assert_clean(browser, base)
@@ -88,8 +88,10 @@ def test_ticker_page_shades_its_episode_and_lists_documents_with_evidence(served
     top = documents[1]
     assert top[1].startswith(seeddata.TOP_TITLE) and "recalls 2 million widgets" in top[1]
     assert top[4] == "negative" and top[5] == "negative" and top[7] == "recalls, fires, fall"
-    link = browser.find_element(By.LINK_TEXT, seeddata.TOP_TITLE)
-    assert link.get_attribute("href") == seeddata.TOP_URL
+    hrefs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#documents-table a')).filter(a => a.innerText === arguments[0])"
+        ".map(a => [a.href, a.target])", seeddata.TOP_TITLE)
+    assert hrefs == [[seeddata.TOP_URL, "_blank"]]
     assert [d[1].splitlines()[0] for d in documents] == [
         "Regulator opens probe into ACME widgets", seeddata.TOP_TITLE, "ACME fans queue for new phone"]
     assert documents[0][7] == "-"  # evidence NULL: shown as none, not as an error
@@ -116,7 +118,9 @@ def test_alerts_page_lists_history_and_one_episodes_events_and_deliveries(served
     acme = history[0]
     assert acme[7] == "1.5e-07" and acme[8] == "60.0% vs 10.0%" and acme[9] == "1/2"
     assert seeddata.TOP_TITLE in acme[10]
-    browser.find_elements(By.LINK_TEXT, "ticker-negative-share")[0].click()
+    browser.execute_script(  # a client-side link (dcc.Link), clicked in the page
+        "document.querySelector('#alerts-table a[href=\"/alerts?episode=' + arguments[0] + '\"]').click()",
+        seeddata.ACME_EPISODE)
     WebDriverWait(browser, TIMEOUT).until(lambda d: d.find_elements(By.ID, "deliveries-table"))
     assert [r[0] for r in rows(browser, "events-table")] == ["pending", "firing", "notified"]
     deliveries = rows(browser, "deliveries-table")
