@@ -114,3 +114,42 @@ def status(as_json: bool) -> None:
                    + ("answers" if report["answers"] else "does not answer")
                    + (f" ({report['detail']})" if report.get("detail") else ""))
     sys.exit(0 if report["healthy"] else 3)
+
+
+def _utc(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-01T00:00Z", param_hint=name) from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+@click.command("report")
+@click.option("--since", default=None, help="Start (ISO 8601; naive = UTC). Default: 24 hours before --until.")
+@click.option("--until", "until", default=None, help="End (ISO 8601; naive = UTC). Default: now.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write report.html and its PNG charts into (made if missing).")
+def report(since: str | None, until: str | None, out: Path) -> None:
+    """One HTML page with PNG charts (market, top tickers and topics, alert episodes shaded) and the most
+    negative documents of a period, for mail. Reads Postgres as the analyst role."""
+    from datetime import timedelta
+
+    from dashboard.report import ReportError, build_report
+    from finpulse import db
+
+    end = _utc(until, "--until") or datetime.now(timezone.utc)
+    start = _utc(since, "--since") or end - timedelta(hours=24)
+    try:
+        engine = db.analyst_engine()
+    except db.AnalystUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        with engine.connect() as conn:
+            page = build_report(conn, since=start, until=end, out=out)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(str(page))

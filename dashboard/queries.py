@@ -94,11 +94,13 @@ _DOCUMENT_COLUMNS = """d.id, d.published_at, d.source, d.url, d.title, left(d.te
 
 def documents(conn: Connection, *, dimension: str, key: str, model_version: str, since: datetime | None = None,
               until: datetime | None = None, most_negative: bool = False, limit: int = 20) -> list[Row]:
-    """A scope's documents, newest first (or most negative first), with scores, topic, evidence and
-    entities; for a ticker also the sentiment towards it (``towards``, ``towards_p_negative``)."""
+    """A scope's documents, newest first (or its negative ones, most negative first), with scores, topic,
+    evidence and entities; for a ticker also the sentiment towards it (``towards``, ``towards_p_negative``)."""
     t = "m" if dimension == "ticker" else "d"  # ticker: the sentiment towards it orders and filters
     order = f"{t}.p_negative DESC, {t}.published_at DESC" if most_negative else f"{t}.published_at DESC"
     window = f"AND {t}.published_at >= :since AND {t}.published_at < :until" if since is not None else ""
+    if most_negative:
+        window += f" AND {t}.sentiment = 'negative'"
     params = dict(mv=model_version, key=key, since=since, until=until, limit=limit)
     if dimension == "ticker":
         return _rows(conn, f"""
