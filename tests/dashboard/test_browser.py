@@ -8,9 +8,11 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.conftest import free_port
 from tests.dashboard import seed as seeddata
 
 TIMEOUT = 30
@@ -143,17 +145,16 @@ def test_pages_refresh_live_without_a_reload(served, browser):
 
 
 def test_a_database_outage_is_said_on_the_page(seeded_db, browser):
+    import threading
+
     import waitress
 
     from dashboard.app import create_app
-    from tests.conftest import free_port
 
     settings, _, _ = seeded_db
     dead = sa.engine.make_url(settings.analyst_database_url.get_secret_value()).set(port=free_port())
     engine = sa.create_engine(dead)
     server = waitress.create_server(create_app(settings, engine=engine).server, host="127.0.0.1", port=free_port())
-    import threading
-
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -171,3 +172,21 @@ def test_an_unknown_page_says_so(served, browser, path):
     base, _, _, _ = served
     browser.get(base + path)
     WebDriverWait(browser, TIMEOUT).until(lambda d: "No page at /nowhere" in d.page_source)
+
+
+def test_inbox_page_lists_what_the_receivers_caught(served, browser, screenshots):
+    from stack.receivers import Receivers
+    from tests.stack.test_receivers import SECRET, send_mail, send_webhook
+
+    base, settings, _, _ = served
+    settings = settings.model_copy(update={"receivers_smtp_port": free_port(), "receivers_webhook_port": free_port(),
+                                           "alerts_webhook_secret": SecretStr(SECRET)})
+    with Receivers(settings):
+        send_mail(settings, "[FIRING] ticker-negative-share ACME")
+        assert send_webhook(settings, SECRET).status_code == 204
+    open_page(browser, base + "/inbox", "inbox")
+    listed = sorted((r[0], r[2], r[3], r[4]) for r in rows(browser, "inbox-table"))
+    assert listed == [("mail", "[FIRING] ticker-negative-share ACME", "desk@example.com, hidden@example.com", "-"),
+                      ("webhook", "[firing] ticker-negative-share ticker=ACME", "/hook", "yes")]
+    browser.save_screenshot(str(screenshots / "dashboard-inbox.png"))
+    assert_clean(browser, base)
