@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from finpulse.status import probe_dashboard
+
 SERVICE = "dashboard"
 
 
@@ -22,21 +24,6 @@ def _settings(host: str | None = None, port: int | None = None):
 
 HOST_OPTION = click.option("--host", default=None, help="Address to listen on (default FINPULSE_DASHBOARD_HOST, 127.0.0.1).")
 PORT_OPTION = click.option("--port", type=int, default=None, help="Port (default FINPULSE_DASHBOARD_PORT, 8050).")
-
-
-def probe(url: str, timeout: float = 3.0) -> dict:
-    """What the dashboard at ``url`` says of itself (GET /healthz), or why it does not answer."""
-    import httpx
-
-    try:
-        response = httpx.get(url.rstrip("/") + "/healthz", timeout=timeout)
-    except httpx.HTTPError as exc:
-        return {"answers": False, "healthy": False, "detail": f"no answer: {type(exc).__name__}"}
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"detail": response.text[:200]}
-    return {"answers": True, "healthy": response.status_code == 200, **body}
 
 
 @click.group(SERVICE, invoke_without_command=True)
@@ -87,7 +74,7 @@ def start(host: str | None, port: int | None, timeout: float) -> None:
     settings = _settings(host, port)
     service = _service(settings)
     try:
-        status = service.start(ready=lambda: probe(settings.dashboard_url, timeout=1.0)["answers"], timeout=timeout)
+        status = service.start(ready=lambda: probe_dashboard(settings.dashboard_url, timeout=1.0)["answers"], timeout=timeout)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{status.line()} {settings.dashboard_url}")
@@ -106,7 +93,7 @@ def status(as_json: bool) -> None:
     settings = _settings()
     service = _service(settings).status()
     report = {"running": service.running, "pid": service.pid, "log": str(service.log), "url": settings.dashboard_url,
-              **probe(settings.dashboard_url)}
+              **probe_dashboard(settings.dashboard_url)}
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:

@@ -234,5 +234,26 @@ def db_status() -> None:
         click.echo(f"{migration.version:>4}  {mark:8} {migration.name}")
 
 
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_command(as_json: bool) -> None:
+    """Every component on one screen: broker, Postgres, pipeline, alerts, model, dashboard, demo receivers.
+
+    Exit 0 when every component is healthy, 1 otherwise."""
+    import json
+
+    from finpulse.status import collect
+
+    status = collect()
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), default=str))
+    else:
+        for component in status.components:
+            click.echo(component.line())
+        click.echo("healthy" if status.healthy else
+                   "NOT healthy: " + ", ".join(c.name for c in status.components if c.required and not c.healthy))
+    sys.exit(0 if status.healthy else 1)
+
+
 def run_main() -> None:  # pragma: no cover - thin wrapper for `python -m finpulse`
     main(prog_name="finpulse")

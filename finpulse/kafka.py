@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -47,5 +48,43 @@ def ensure_topics(
             except TopicAlreadyExistsError:
                 pass  # another process won the race; that is fine
         return created
+    finally:
+        client.close()
+
+
+def probe_kafka(bootstrap: list[str], *, timeout_s: float = 5.0) -> str | None:
+    """Send a metadata request; return None when the cluster answers, else the reason it did not."""
+    with _quiet("kafka"):
+        return _describe_cluster(bootstrap, timeout_s)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """A probe expects refused connections while the broker starts: keep them out of the log."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _describe_cluster(bootstrap: list[str], timeout_s: float) -> str | None:
+    from kafka.errors import KafkaError
+
+    try:
+        client = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="finpulse-probe",
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+    except (KafkaError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        client.describe_cluster()
+        return None
+    except (KafkaError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
     finally:
         client.close()

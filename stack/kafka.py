@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import logging
 import shutil
 import subprocess
 import time
@@ -21,48 +19,10 @@ from stack.base import (
     stop_pid,
     tail,
 )
+from finpulse.kafka import probe_kafka  # noqa: F401 - shared with `finpulse status`
 from stack.jars import POM_DIR, resolve_classpath
 
 START_TIMEOUT_S = 90.0
-
-
-def probe_kafka(bootstrap: list[str], *, timeout_s: float = 5.0) -> str | None:
-    """Send a metadata request; return None when the cluster answers, else the reason it did not."""
-    with _quiet("kafka"):
-        return _describe_cluster(bootstrap, timeout_s)
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    """A probe expects refused connections while the broker starts: keep them out of the log."""
-    logger = logging.getLogger(logger_name)
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
-def _describe_cluster(bootstrap: list[str], timeout_s: float) -> str | None:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        client = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="finpulse-probe",
-            request_timeout_ms=int(timeout_s * 1000),
-        )
-    except (KafkaError, OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    try:
-        client.describe_cluster()
-        return None
-    except (KafkaError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        client.close()
 
 
 def new_cluster_id() -> str:
