@@ -103,16 +103,6 @@ def status(as_json: bool) -> None:
     sys.exit(0 if report["healthy"] else 3)
 
 
-def _utc(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-01T00:00Z", param_hint=name) from None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-
-
 @click.command("report")
 @click.option("--since", default=None, help="Start (ISO 8601; naive = UTC). Default: 24 hours before --until.")
 @click.option("--until", "until", default=None, help="End (ISO 8601; naive = UTC). Default: now.")
@@ -126,8 +116,10 @@ def report(since: str | None, until: str | None, out: Path) -> None:
     from dashboard.report import ReportError, build_report
     from finpulse import db
 
-    end = _utc(until, "--until") or datetime.now(timezone.utc)
-    start = _utc(since, "--since") or end - timedelta(hours=24)
+    from finpulse.cli import utc_time
+
+    end = utc_time(until, "--until") if until else datetime.now(timezone.utc)
+    start = utc_time(since, "--since") if since else end - timedelta(hours=24)
     try:
         engine = db.analyst_engine()
     except db.AnalystUnavailable as exc:

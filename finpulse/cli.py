@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
 
 import click
@@ -78,6 +79,15 @@ def _unavailable(name: str, exc: ImportError) -> click.Command:
         raise click.ClickException(f"`finpulse {name}` cannot load: {exc}")
 
     return click.Command(name, callback=fail, help=f"(unavailable: {exc})")
+
+
+def utc_time(value: str, option: str) -> datetime:
+    """An option's ISO 8601 time as timezone-aware UTC (naive = UTC); a bad one is a usage error naming it."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-01T00:00Z", param_hint=option) from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def setup_logging(level: str | None = None) -> None:

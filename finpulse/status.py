@@ -9,7 +9,6 @@ services' pid files through finpulse.service. The checks run side by side, each 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from finpulse.service import read_pid
+from finpulse.service import port_answers, read_pid
 from finpulse.settings import Settings, get_settings
 
 CLI_TIMEOUT = 60.0
@@ -218,19 +217,12 @@ def check_dashboard(settings: Settings) -> Component:
                      detail + ("" if pid else " (no service started here)"), facts={**report, "pid": pid})
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
 
 def check_receivers(settings: Settings) -> Component:
     """The demo receivers: counted only while their service runs."""
     pid = read_pid(settings.receivers_dir / "receivers.pid")
-    smtp = _answers(settings.receivers_host, settings.receivers_smtp_port)
-    hook = _answers(settings.receivers_host, settings.receivers_webhook_port)
+    smtp = port_answers(settings.receivers_host, settings.receivers_smtp_port)
+    hook = port_answers(settings.receivers_host, settings.receivers_webhook_port)
     address = f"smtp :{settings.receivers_smtp_port}, webhook :{settings.receivers_webhook_port}"
     if pid is None:
         return Component("receivers", False, address, "not started (demo only)", required=False)

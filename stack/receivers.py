@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +29,7 @@ from typing import Any
 import click
 
 from finpulse.inbox import mail_dir, save_mail, save_webhook, webhook_dir
-from finpulse.service import ManagedService, ServiceError, ServiceStatus, python_module_argv
+from finpulse.service import ManagedService, ServiceError, ServiceStatus, port_answers, python_module_argv
 from finpulse.settings import Settings, get_settings
 
 log = logging.getLogger("stack.receivers")
@@ -166,7 +165,7 @@ class Receivers:
     def start(self) -> Receivers:
         for port, setting in ((self.settings.receivers_smtp_port, "FINPULSE_RECEIVERS_SMTP_PORT"),
                               (self.settings.receivers_webhook_port, "FINPULSE_RECEIVERS_WEBHOOK_PORT")):
-            if _answers(self.settings.receivers_host, port):
+            if port_answers(self.settings.receivers_host, port):
                 raise ServiceError(f"port {port} on {self.settings.receivers_host} is taken: stop what listens "
                                    f"there or choose another with {setting}")
         mail_dir(self.settings).mkdir(parents=True, exist_ok=True)
@@ -194,13 +193,6 @@ class Receivers:
         self.stop()
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
 
 def service(settings: Settings | None = None) -> ManagedService:
     return ManagedService(NAME, python_module_argv("stack.receivers", "serve"), settings=settings)
@@ -210,8 +202,8 @@ def start(settings: Settings | None = None, *, timeout: float = 30.0) -> Service
     """Start both receivers as a background service (idempotent); waits until both ports answer."""
     settings = settings or get_settings()
     return service(settings).start(
-        ready=lambda: _answers(settings.receivers_host, settings.receivers_smtp_port)
-        and _answers(settings.receivers_host, settings.receivers_webhook_port), timeout=timeout)
+        ready=lambda: port_answers(settings.receivers_host, settings.receivers_smtp_port)
+        and port_answers(settings.receivers_host, settings.receivers_webhook_port), timeout=timeout)
 
 
 def stop(settings: Settings | None = None) -> bool:
@@ -227,10 +219,10 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
     return {
         "running": current.running, "pid": current.pid, "log": str(current.log),
         "smtp": {"address": f"{host}:{settings.receivers_smtp_port}",
-                 "answers": _answers(host, settings.receivers_smtp_port),
+                 "answers": port_answers(host, settings.receivers_smtp_port),
                  "saved": _count(mail_dir(settings), ".eml"), "dir": str(mail_dir(settings))},
         "webhook": {"address": f"http://{host}:{settings.receivers_webhook_port}/",
-                    "answers": _answers(host, settings.receivers_webhook_port),
+                    "answers": port_answers(host, settings.receivers_webhook_port),
                     "saved": _count(webhook_dir(settings), ".json"), "dir": str(webhook_dir(settings)),
                     "verifies_signatures": settings.alerts_webhook_secret is not None},
     }

@@ -50,8 +50,9 @@ def rows(browser, table_id: str) -> list[list[str]]:
     """The cells' text of a table, read in one script (a live refresh may replace the table between reads)."""
     WebDriverWait(browser, TIMEOUT).until(lambda d: d.find_elements(By.ID, table_id))
     return browser.execute_script(f"""
-        return Array.from(document.querySelectorAll('#{table_id} tbody tr'))
-            .map(tr => Array.from(tr.querySelectorAll('td')).map(td => td.innerText.trim()));""")
+        return Array.from(document.querySelectorAll('#{table_id} tr'))
+            .map(tr => Array.from(tr.querySelectorAll('td')).map(td => td.innerText.trim()))
+            .filter(cells => cells.length);""")
 
 
 def test_market_page_shows_the_trend_the_movers_and_the_firing_alerts(served, browser, screenshots):
@@ -94,7 +95,7 @@ def test_ticker_page_shades_its_episode_and_lists_documents_with_evidence(served
         "return Array.from(document.querySelectorAll('#documents-table a')).filter(a => a.innerText === arguments[0])"
         ".map(a => [a.href, a.target])", seeddata.TOP_TITLE)
     assert hrefs == [[seeddata.TOP_URL, "_blank"]]
-    assert [d[1].splitlines()[0] for d in documents] == [
+    assert [d[1].split(" — ")[0] for d in documents] == [
         "Regulator opens probe into ACME widgets", seeddata.TOP_TITLE, "ACME fans queue for new phone"]
     assert documents[0][7] == "-"  # evidence NULL: shown as none, not as an error
     # The document the entity head never scored: its own sentiment stands in, and says so.
