@@ -3,7 +3,8 @@
     . /tmp/dash_env.sh   # FINPULSE_* of a running Postgres, e.g. the test stack's
     .venv/bin/python bench/bench_dashboard.py --documents 1000000 --days 30 --tickers 8400
 
-Fills a scratch database (finpulse.db.scratch_database, dropped at the end) with COPY:
+Fills a scratch database (finpulse.db.scratch_database, dropped at the end) with COPY, in time
+order as the pipeline writes (so a time range sits in neighbouring pages, as in production):
 ``--documents`` documents over ``--days`` days (each with its score, half with evidence words,
 one ticker link drawn from a Zipf law over ``--tickers`` tickers, 70% of the links scored by the
 entity head) and the windows a ~10 M documents/day stream leaves after retention: hourly and
@@ -86,7 +87,9 @@ def load_documents(engine, n: int, days: int, tickers: list[str], now: datetime,
     for offset in range(0, n, chunk):
         size = min(chunk, n - offset)
         ids = [f"bench-{i}" for i in range(offset, offset + size)]
-        published = pd.to_datetime(start.timestamp() + rng.uniform(0, days * 86400, size), unit="s", utc=True)
+        # In arrival (time) order, as the pipeline writes them: chunk k holds the k-th slice of the period.
+        lo, hi = offset / n * days * 86400, (offset + size) / n * days * 86400
+        published = pd.to_datetime(start.timestamp() + np.sort(rng.uniform(lo, hi, size)), unit="s", utc=True)
         ticker = np.array(tickers)[rng.choice(len(tickers), size, p=weights)]
         source = np.array(SOURCES)[rng.integers(0, len(SOURCES), size)]
         docs = pd.DataFrame({
@@ -123,15 +126,17 @@ def load_documents(engine, n: int, days: int, tickers: list[str], now: datetime,
 
 
 def _windows_frame(scopes: list[tuple[str, str, float]], starts: np.ndarray, width: int, rng):
+    """Every scope's windows at ``starts``, time-major (all scopes of one window, then the next): the order
+    the pipeline writes them in, so a time range of windows sits in neighbouring pages as in production."""
     import pandas as pd
 
-    dims = np.repeat([d for d, _, _ in scopes], len(starts))
-    keys = np.repeat([k for _, k, _ in scopes], len(starts))
-    rate = np.repeat([r for _, _, r in scopes], len(starts)) * width / 86400
+    dims = np.tile([d for d, _, _ in scopes], len(starts))
+    keys = np.tile([k for _, k, _ in scopes], len(starts))
+    rate = np.tile([r for _, _, r in scopes], len(starts)) * width / 86400
     n = np.maximum(1, rng.poisson(rate))
     neg = rng.binomial(n, 0.2)
     pos = rng.binomial(n - neg, 0.4)
-    begin = pd.to_datetime(np.tile(starts, len(scopes)), unit="s", utc=True)
+    begin = pd.to_datetime(np.repeat(starts, len(scopes)), unit="s", utc=True)
     return pd.DataFrame({
         "dimension": dims, "key": keys, "window_start": begin, "window_end": begin + pd.Timedelta(seconds=width),
         "model_version": MV, "n_docs": n, "n_negative": neg, "n_neutral": n - neg - pos, "n_positive": pos,
@@ -154,9 +159,9 @@ def load_windows(engine, tickers: list[str], days: int, now: datetime, rng,
             60: (scopes[:1 + len(TOPICS) + len(SOURCES) + minute_tickers], np.arange(minute - (48 * 60 - 1) * 60, minute + 1, 60))}
     seconds, rows = 0.0, {}
     for width, (chosen, starts) in plan.items():
-        per = max(1, 600_000 // len(starts))
-        for i in range(0, len(chosen), per):
-            frame = _windows_frame(chosen[i:i + per], starts, width, rng)
+        per = max(1, 600_000 // len(chosen))
+        for i in range(0, len(starts), per):
+            frame = _windows_frame(chosen, starts[i:i + per], width, rng)
             seconds += _copy(engine, "sentiment_windows", list(frame.columns), frame)
             rows[str(width)] = rows.get(str(width), 0) + len(frame)
         print(f"  windows of {width}s: {rows[str(width)]:,}", flush=True)
@@ -237,8 +242,11 @@ def render_pages(settings: Settings, engine, params_by_page: dict[str, dict], re
             with engine.connect() as conn:
                 page.render(conn, params, settings)
             times.append(time.perf_counter() - started)
-        out[label] = {"best_s": round(min(times), 3), "median_s": round(statistics.median(times), 3)}
-        print(f"  render {label}: best {min(times):.3f}s median {statistics.median(times):.3f}s", flush=True)
+        # The first render computes the movers; the later ones find them cached (a minute).
+        out[label] = {"first_s": round(times[0], 3), "best_s": round(min(times), 3),
+                      "median_s": round(statistics.median(times), 3)}
+        print(f"  render {label}: first {times[0]:.3f}s best {min(times):.3f}s median {statistics.median(times):.3f}s",
+              flush=True)
     return out
 
 

@@ -49,13 +49,11 @@ def trend_figure(rows: Sequence[Row], episodes: Sequence[Row], *, title: str, re
 
 
 def towards_figure(rows: Sequence[Row], *, ticker: str, revision: str) -> go.Figure:
-    """Mentions of a ticker by the sentiment towards it: the entity head's, and the document's where the
-    entity head did not score the link."""
+    """Documents per day by the sentiment towards a ticker (the entity head's where it scored the link,
+    else the document's), stacked."""
     fig = go.Figure()
-    for entity_level, name, opacity in ((True, "towards the company (entity head)", 1.0),
-                                        (False, "document's sentiment (no entity score)", 0.45)):
-        counts = {r["sentiment"]: r["n"] for r in rows if r["entity_level"] is entity_level}
-        fig.add_bar(x=list(SENTIMENT_COLOURS), y=[counts.get(s, 0) for s in SENTIMENT_COLOURS], name=name,
-                    marker_color=list(SENTIMENT_COLOURS.values()), opacity=opacity)
-    fig.update_layout(barmode="stack", yaxis={"title": "mentions", "gridcolor": "#eee"})
-    return _layout(fig, f"Sentiment towards {ticker}, last 7 days", revision, 240)
+    days = [r["window_start"] for r in rows]
+    for sentiment, colour in SENTIMENT_COLOURS.items():
+        fig.add_bar(x=days, y=[r[f"n_{sentiment}"] for r in rows], name=sentiment, marker_color=colour)
+    fig.update_layout(barmode="stack", yaxis={"title": "documents", "gridcolor": "#eee"}, xaxis={"title": "UTC day"})
+    return _layout(fig, f"Sentiment towards {ticker} (entity-level where scored), daily, last 7 days", revision, 260)

@@ -120,13 +120,15 @@ def documents(conn: Connection, *, dimension: str, key: str, model_version: str,
 
 
 def towards(conn: Connection, *, ticker: str, model_version: str, since: datetime) -> list[Row]:
-    """Mentions of a ticker since ``since`` by the sentiment towards it, entity head's or the document's."""
+    """A ticker's daily windows since ``since``: documents by the sentiment towards it (the entity head's
+    where it scored the link, else the document's: what ticker windows count). From windows, not from
+    the mentions, so a ticker with a million mentions costs the same 7 rows."""
     return _rows(conn, """
-        SELECT sentiment, entity_level, count(*) AS n
-        FROM ticker_mentions
-        WHERE ticker = :t AND model_version = :mv AND published_at >= :since
-        GROUP BY sentiment, entity_level
-        ORDER BY sentiment, entity_level""", t=ticker, mv=model_version, since=since)
+        SELECT window_start, n_docs, n_negative, n_neutral, n_positive
+        FROM sentiment_trend
+        WHERE width_seconds = 86400 AND dimension = 'ticker' AND key = :t AND model_version = :mv
+          AND window_start >= :since
+        ORDER BY window_start""", t=ticker, mv=model_version, since=since)
 
 
 def episode_events(conn: Connection, episode_id: str) -> list[Row]:

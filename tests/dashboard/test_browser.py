@@ -100,9 +100,10 @@ def test_ticker_page_shades_its_episode_and_lists_documents_with_evidence(served
     assert documents[0][7] == "-"  # evidence NULL: shown as none, not as an error
     # The document the entity head never scored: its own sentiment stands in, and says so.
     assert documents[2][4] == "positive (document's)"
+    # Sentiment towards ACME per day for the last 7 days, from its daily windows (480 documents, 48 negative).
     towards = graph(browser, "scope-towards")
-    entity = next(t for t in towards["traces"] if "entity head" in t["name"])
-    assert entity["x"] == ["negative", "neutral", "positive"] and entity["y"] == [2, 0, 0]
+    by_name = {t["name"]: t["y"] for t in towards["traces"]}
+    assert by_name["negative"] == [48] * 7 and by_name["positive"] == [216] * 7 and by_name["neutral"] == [216] * 7
     browser.save_screenshot(str(screenshots / "dashboard-ticker.png"))
     assert_clean(browser, base)
 
