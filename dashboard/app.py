@@ -42,8 +42,7 @@ from finpulse.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent / "assets"
 DOCUMENTS_SHOWN = 20
-# Every cell is a component the browser's Dash renderer builds: tables stay short so a page draws
-# in about a second (bench/bench_dashboard.py).
+# The newest episodes shown; older ones are in the alert_history view (a long table is slower to draw).
 EPISODES_SHOWN = 50
 
 
@@ -100,8 +99,8 @@ EMPHASISED = {"negative", "firing", "NO"}  # cells drawn bold: what a reader sca
 def table(header: list[str], rows: list[list[Any]], *, empty: str, table_id: str, new_tab: bool = False) -> Any:
     """A table as one markdown component: the browser's Dash renderer builds one component, where a
     table of html components costs one per cell (measured on the shared 2-core machine: 50 alert rows
-    drew in ~5 s as html components, under 1 s as one component). Raw HTML in markdown stays off;
-    every cell that is not Markdown already is escaped."""
+    drew in 5-8 s as html components, under 1 s as one component; bench/README.md). Raw HTML in
+    markdown stays off; every cell that is not Markdown already is escaped."""
     if not rows:
         return html.P(empty, className="empty", id=table_id)
 
