@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
 
 import click
@@ -94,6 +95,15 @@ def _unavailable(name: str, exc: ImportError) -> click.Command:
     return click.Command(name, callback=fail, help=f"(unavailable: {exc})")
 
 
+def utc_time(value: str, option: str) -> datetime:
+    """An option's ISO 8601 time as timezone-aware UTC (naive = UTC); a bad one is a usage error naming it."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-01T00:00Z", param_hint=option) from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
 def setup_logging(level: str | None = None) -> None:
     logging.basicConfig(
         level=(level or get_settings().log_level).upper(),
@@ -140,26 +150,114 @@ def db_group() -> None:
 
 @db_group.command("migrate")
 def db_migrate() -> None:
-    """Apply pending migrations from sql/ (idempotent); refuses when it finds no migration files."""
+    """Apply pending migrations from sql/ (idempotent; refuses when it finds no migration files); on the
+    embedded cluster, set the analyst's password."""
     from finpulse import db
 
-    engine = db.engine()
+    settings = get_settings()
+    engine = db.engine(settings)
     applied = db.migrate(engine)
     current = db.current_version(engine)
     if applied:
         click.echo(f"applied {', '.join(applied)}; schema at version {current}")
     else:
         click.echo(f"schema up to date at version {current}")
+    if settings.embedded_postgres:
+        db.ensure_analyst_login(settings)
+
+
+def _libpq_url(analyst: bool):
+    """The libpq form (postgresql://) of the admin or analyst URL, as a SQLAlchemy URL object."""
+    import sqlalchemy as sa
+
+    from finpulse import db
+
+    try:
+        secret = db.analyst_url() if analyst else get_settings().sqlalchemy_url()
+    except db.AnalystUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    return sa.engine.make_url(secret.get_secret_value()).set(drivername="postgresql")
+
+
+ANALYST_OPTION = click.option(
+    "--analyst", is_flag=True, help="As the read-only finpulse_analyst role instead of the owner.")
 
 
 @db_group.command("url")
+@ANALYST_OPTION
 @click.option("--show-password", is_flag=True, help="Print the password too (for psql or a BI tool).")
-def db_url(show_password: bool) -> None:
+def db_url(analyst: bool, show_password: bool) -> None:
     """Print the database URL in libpq form: psql "$(finpulse db url --show-password)"."""
+    click.echo(_libpq_url(analyst).render_as_string(hide_password=not show_password))
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@db_group.command("psql", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@ANALYST_OPTION
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(analyst: bool, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database; arguments after the options go to psql (e.g. -c 'SELECT 1').
+
+    The password travels in a private pgpass file (mode 0600, PGPASSFILE, deleted when psql
+    exits), never on psql's command line or in its environment."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
     import sqlalchemy as sa
 
-    url = sa.engine.make_url(get_settings().sqlalchemy_url().get_secret_value()).set(drivername="postgresql")
-    click.echo(url.render_as_string(hide_password=not show_password))
+    psql = shutil.which("psql")
+    if psql is None:
+        raise click.ClickException("psql not found on PATH: install it (apt-get install postgresql-client)")
+    url = _libpq_url(analyst)
+    line = ":".join(_pgpass_field(str(v)) for v in (url.host or "localhost", url.port or 5432,
+                                                      url.database or "*", url.username or "*", url.password or ""))
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    with tempfile.TemporaryDirectory(prefix="finpulse-psql-") as private:
+        pgpass = os.path.join(private, "pgpass")
+        fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(line + "\n")
+        env["PGPASSFILE"] = pgpass
+        # The URL without its password (URL.set(password=None) keeps it in SQLAlchemy 2.1).
+        bare = sa.engine.URL.create("postgresql", username=url.username, host=url.host, port=url.port,
+                                    database=url.database, query=url.query)
+        argv = [psql, bare.render_as_string(hide_password=False), *psql_args]
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is psql's (cancels its query)
+        try:
+            code = subprocess.call(argv, env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    sys.exit(code)
+
+
+@db_group.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would be pruned; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def db_prune(dry_run: bool, as_json: bool) -> None:
+    """Apply retention (FINPULSE_RETENTION_*): empty old document text, delete old minute/hour windows.
+
+    Batched (short transactions that skip rows in use) and idempotent: run it as often as you like."""
+    import json
+
+    from finpulse import db
+    from finpulse.retention import prune
+
+    engine = db.engine()
+    try:
+        report = prune(engine, dry_run=dry_run)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for line in report.lines():
+            click.echo(line)
 
 
 @db_group.command("status")
@@ -172,6 +270,27 @@ def db_status() -> None:
     for migration in db.discover():
         mark = "applied" if migration.version in applied else "pending"
         click.echo(f"{migration.version:>4}  {mark:8} {migration.name}")
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_command(as_json: bool) -> None:
+    """Every component on one screen: broker, Postgres, pipeline, alerts, model, dashboard, demo receivers.
+
+    Exit 0 when every component is healthy, 1 otherwise."""
+    import json
+
+    from finpulse.status import collect
+
+    status = collect()
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), default=str))
+    else:
+        for component in status.components:
+            click.echo(component.line())
+        click.echo("healthy" if status.healthy else
+                   "NOT healthy: " + ", ".join(c.name for c in status.components if c.required and not c.healthy))
+    sys.exit(0 if status.healthy else 1)
 
 
 def run_main() -> None:  # pragma: no cover - thin wrapper for `python -m finpulse`

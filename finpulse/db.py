@@ -9,9 +9,13 @@ text changed is an error: ship a new migration instead of editing an old one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
+import os
 import re
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from pydantic import SecretStr
 
 from finpulse.settings import REPO_ROOT, Settings, get_settings
 
@@ -141,9 +147,8 @@ def migrate(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
 @contextlib.contextmanager
 def scratch_database(settings: Settings, *, prefix: str = "scratch") -> Iterator[Settings]:
     """A new, migrated database on the cluster ``settings`` points at, dropped (connections forced
-    off) on exit; yields Settings whose ``database_url`` names it. For tests and benchmarks."""
-    from pydantic import SecretStr
-
+    off) on exit; yields Settings whose ``database_url`` names it (and ``analyst_database_url``, the
+    read-only analyst role on it, where the cluster's analyst password is known). For tests and benchmarks."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = engine(settings, isolation_level="AUTOCOMMIT")
     try:
@@ -156,6 +161,16 @@ def scratch_database(settings: Settings, *, prefix: str = "scratch") -> Iterator
             migrate(scratch_engine)
         finally:
             scratch_engine.dispose()
+        # The analyst role of the same cluster, on the new database (the migration granted it).
+        if settings.analyst_database_url is not None:
+            analyst = sa.engine.make_url(settings.analyst_database_url.get_secret_value()).set(database=name)
+        elif settings.embedded_postgres:
+            analyst = url.set(username=ANALYST_ROLE, password=ensure_analyst_login(scratch))
+        else:
+            analyst = None
+        if analyst is not None:
+            scratch = scratch.model_copy(update={
+                "analyst_database_url": SecretStr(analyst.render_as_string(hide_password=False))})
         try:
             yield scratch
         finally:
@@ -163,3 +178,77 @@ def scratch_database(settings: Settings, *, prefix: str = "scratch") -> Iterator
                 conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     finally:
         admin.dispose()
+
+
+# --- the analysts' role (sql/0004_analyst.sql) ---------------------------------------------------
+
+ANALYST_ROLE = "finpulse_analyst"
+
+
+class AnalystUnavailable(RuntimeError):
+    """The analyst role cannot be used yet. The message is one line that says what to do."""
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for ``password`` (RFC 5802/7677), so ALTER ROLE
+    never sends the password itself (a server log of the statement shows only the verifier)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt)}"
+            f"${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}")
+
+
+def _analyst_password(settings: Settings) -> str:
+    """The embedded cluster's analyst password: generated once into its file, created mode 0600."""
+    path = settings.analyst_password_file
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def ensure_analyst_login(settings: Settings) -> str:
+    """Embedded cluster: give ``finpulse_analyst`` its generated password (idempotent); return it."""
+    password = _analyst_password(settings)
+    admin = engine(settings)
+    try:
+        with admin.begin() as conn:
+            if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": ANALYST_ROLE}).first() is None:
+                raise AnalystUnavailable(f"role {ANALYST_ROLE} does not exist yet: run `finpulse db migrate`")
+            conn.execute(sa.text(f"ALTER ROLE {ANALYST_ROLE} WITH LOGIN PASSWORD :v"), {"v": scram_verifier(password)})
+    finally:
+        admin.dispose()
+    return password
+
+
+def analyst_url(settings: Settings | None = None) -> SecretStr:
+    """The SQLAlchemy URL of the read-only analyst role: FINPULSE_ANALYST_DATABASE_URL, or on the
+    embedded cluster the same database with the role's generated password (set on first use)."""
+    settings = settings or get_settings()
+    if settings.analyst_database_url is not None:
+        return settings.analyst_database_url
+    if not settings.embedded_postgres:
+        raise AnalystUnavailable(
+            f"FINPULSE_ANALYST_DATABASE_URL is unset: with an external database (FINPULSE_DATABASE_URL) the DBA "
+            f"gives {ANALYST_ROLE} a password and you set its URL (README, For analysts)")
+    password = ensure_analyst_login(settings)
+    url = sa.engine.make_url(settings.sqlalchemy_url().get_secret_value())
+    return SecretStr(url.set(username=ANALYST_ROLE, password=password).render_as_string(hide_password=False))
+
+
+def analyst_engine(settings: Settings | None = None, **kwargs) -> Engine:
+    """A pooled engine that connects as the read-only analyst role (what the dashboard and report use)."""
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(analyst_url(settings).get_secret_value(), **kwargs)

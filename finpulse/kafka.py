@@ -10,6 +10,7 @@ them to a client, never to a log line (:func:`security_summary` is what to log).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Iterable
@@ -286,5 +287,43 @@ def ensure_topics(
             except TopicAlreadyExistsError:
                 pass  # another process won the race; that is fine
         return created
+    finally:
+        client.close()
+
+
+def probe_kafka(settings: Settings, *, timeout_s: float = 5.0) -> str | None:
+    """Send a metadata request the way every client connects (servers and security from ``settings``);
+    return None when the cluster answers, else the reason it did not (a refused login says so)."""
+    with _quiet("kafka"):
+        return _describe_cluster(settings, timeout_s)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """A probe expects refused connections while the broker starts: keep them out of the log."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _describe_cluster(settings: Settings, timeout_s: float) -> str | None:
+    from kafka.errors import KafkaError
+
+    try:
+        client = admin(settings, client_id="finpulse-probe", request_timeout_ms=int(timeout_s * 1000),
+                       bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaSecurityError as exc:
+        return str(exc)
+    except (KafkaError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        client.describe_cluster()
+        return None
+    except (KafkaError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
     finally:
         client.close()

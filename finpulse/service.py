@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,6 +99,15 @@ class ManagedService:
         stop_pid(identity, timeout=timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on host:port (a service's readiness, a status check)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:

@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -164,6 +165,33 @@ class Settings(BaseSettings):
         None, description="Base URL put in each alert's `generatorURL`; unset = empty."
     )
 
+    # --- analysts: the read-only role, retention, the dashboard and the demo receivers ---
+    analyst_database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the finpulse_analyst role on an external Postgres (the dashboard and "
+                          "report read through it); unset = the embedded cluster's generated analyst password."
+    )
+    retention_document_text: str = Field(
+        "30d", description="Document text is emptied this long after publication (`finpulse db prune`); "
+                           "the row, scores and entities stay. `forever` = never."
+    )
+    retention_minute_windows: str = Field("48h", description="Windows narrower than 1h are deleted this long after they start; `forever` = kept.")
+    retention_hour_windows: str = Field("90d", description="Windows of 1h up to 1d (exclusive) are deleted this long after they start; `forever` = kept.")
+    retention_day_windows: str = Field("forever", description="Windows of 1d and wider are deleted this long after they start; `forever` = kept.")
+    retention_batch_size: int = Field(5000, ge=1, description="Rows one prune statement changes (one short transaction each).")
+    dashboard_host: str = Field("127.0.0.1", description="Address `finpulse dashboard` listens on.")
+    dashboard_port: int = Field(8050, description="Port of `finpulse dashboard`.")
+    dashboard_refresh_seconds: float = Field(30.0, gt=0, description="Seconds between two live refreshes of a dashboard page.")
+    receivers_host: str = Field("127.0.0.1", description="Address the demo receivers (`python -m stack.receivers`) listen on.")
+    receivers_smtp_port: int = Field(2525, description="Port of the demo SMTP mail catcher.")
+    receivers_webhook_port: int = Field(9099, description="Port of the demo webhook receiver.")
+
+    @field_validator("retention_document_text", "retention_minute_windows", "retention_hour_windows",
+                     "retention_day_windows")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        retention_age(value)  # refuses a bad value at start, naming it
+        return value
+
     @field_validator("home", "cache_dir", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -223,6 +251,19 @@ class Settings(BaseSettings):
         """Where the streaming job keeps its checkpoints (one folder per query name)."""
         root = self.pipeline_checkpoint_dir or self.home / "pipeline" / "checkpoint"
         return Path(os.path.abspath(os.path.expanduser(root)))
+
+    @property
+    def analyst_password_file(self) -> Path:
+        return self.home / "postgres" / "analyst-password"
+
+    @property
+    def receivers_dir(self) -> Path:
+        return self.home / "receivers"
+
+    @property
+    def dashboard_url(self) -> str:
+        host = "127.0.0.1" if self.dashboard_host in ("0.0.0.0", "::", "") else self.dashboard_host
+        return f"http://{host}:{self.dashboard_port}/"
 
     def sqlalchemy_url(self) -> SecretStr:
         """The database URL, with the embedded cluster's generated password filled in."""
@@ -322,6 +363,21 @@ def redact_url(url: str) -> str:
     if parts.fragment:
         out += "#***"
     return out
+
+
+_AGE = re.compile(r"^\s*(\d+)\s*(m|h|d)\s*$")
+_AGE_UNIT = {"m": 60, "h": 3600, "d": 86400}
+FOREVER = "forever"
+
+
+def retention_age(value: str) -> timedelta | None:
+    """A retention setting as a timedelta (``30d``, ``48h``, ``90m``); None for ``forever``."""
+    if value.strip().lower() == FOREVER:
+        return None
+    match = _AGE.match(value)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a retention age: write e.g. 30d, 48h, 90m or {FOREVER}")
+    return timedelta(seconds=int(match.group(1)) * _AGE_UNIT[match.group(2)])
 
 
 @functools.cache

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs, if missing: a Java 17+ runtime, Maven,
-# the Postgres server, runuser, kcat, psql. As root it runs apt-get; as another user it runs
-# `sudo apt-get` when sudo works without a password prompt (sudo -n), otherwise it prints the
-# `sudo apt-get install` line to run and stops.
+# the Postgres server, runuser, kcat, psql, and Chromium + chromedriver for the dashboard's browser tests.
+# As root it runs apt-get; as another user it runs `sudo apt-get` when sudo works without a password
+# prompt (sudo -n), otherwise it prints the `sudo apt-get install` line to run and stops.
 set -euo pipefail
 
 missing=()
@@ -18,6 +18,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# The dashboard's browser tests: Debian's Chromium and its WebDriver (selenium drives them).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

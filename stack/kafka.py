@@ -10,8 +10,6 @@ the admin API at every start. It is what the tests run the clients' SASL code th
 from __future__ import annotations
 
 import base64
-import contextlib
-import logging
 import shutil
 import subprocess
 import time
@@ -35,48 +33,11 @@ from stack.base import (
     write_pid_file,
     write_private,
 )
+from finpulse.kafka import probe_kafka  # one probe for the stack and `finpulse status`
 from stack.jars import POM_DIR, resolve_classpath
 
 START_TIMEOUT_S = 90.0
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-def probe_kafka(settings: Settings, *, timeout_s: float = 5.0) -> str | None:
-    """Send a metadata request the way every client connects (servers and security from ``settings``);
-    return None when the cluster answers, else the reason it did not (a refused login says so)."""
-    with _quiet("kafka"):
-        return _describe_cluster(settings, timeout_s)
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    """A probe expects refused connections while the broker starts: keep them out of the log."""
-    logger = logging.getLogger(logger_name)
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
-def _describe_cluster(settings: Settings, timeout_s: float) -> str | None:
-    from kafka.errors import KafkaError
-
-    try:
-        client = admin(settings, client_id="finpulse-probe", request_timeout_ms=int(timeout_s * 1000),
-                       bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaSecurityError as exc:
-        return str(exc)
-    except (KafkaError, OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    try:
-        client.describe_cluster()
-        return None
-    except (KafkaError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        client.close()
 
 
 def _property_value(text: str) -> str:
