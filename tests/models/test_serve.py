@@ -56,14 +56,28 @@ def _start_server(tmp_path_factory, *extra: str) -> tuple[subprocess.Popen, str]
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    """Stop the server's whole process group (its LitServe workers included)."""
+    """Stop the server's whole process group (its LitServe workers included): SIGTERM, then SIGKILL to whatever
+    of the group is left, because a worker that outlives its server keeps a core busy for the rest of the suite."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if process.poll() is None:
         process.wait(timeout=10)
 
 
