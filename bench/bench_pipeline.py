@@ -1,22 +1,31 @@
-"""The streaming job against the bare Scorer and against the naive design, on the same texts in one run.
+"""The streaming job against the bare model doing the same work, and against the naive design, in one run.
 
-(a) ``scorer``: ``models.scorer.Scorer.score_arrays`` on the texts, in-process (the ceiling).
-(b) ``pipeline``: the job (``python -m pipeline run``, Spark local[2], in-process Scorer) from
-    Kafka to Postgres; docs/s = documents / (last batch finished - first batch started), from
-    ``pipeline_batches``, so Spark's and the model's start-up are not counted.
-(c) ``naive``: what people write first: Spark reads the same Kafka topic, a per-row Python UDF
-    calls a transformers ``pipeline("text-classification")`` one text at a time (built from the
-    same merged encoder, as in bench_scorer.py), and Spark's JDBC writer appends the rows to
-    Postgres. Timed from the first read to the last row written (Spark start-up excluded).
-(d) ``latency``: the job running warm, documents produced at half of (b)'s rate; produce time
-    (in the document) -> ``documents.ingested_at`` (the sink's transaction time), p50 / p95.
+Texts: the bundled demo stream (``ingest/demo``: 5,000 stock-market tweets of 2020 with their cashtags as
+the producer's tickers, as ``finpulse ingest demo`` publishes them), the first ``--n`` rows.
+
+(a) ``model``: ``Scorer.score_documents`` in-process on the same texts and the same entity links the job
+    makes (``pipeline.entities.EntityLinker``), at every precision this CPU runs (fp32, int8, and bf16
+    where the CPU has it natively), interleaved and best of ``--repeats``; encoder passes per document
+    counted by the Scorer (chunks read, plus one pass per link for a pair-mode entity head). With
+    ``--before-model DIR`` (e.g. the model shipped before the one-pass entity head) it is measured too.
+(b) ``pipeline``: the job (``python -m pipeline run``, Spark local[2], in-process Scorer at the precision
+    ``auto`` picks) from Kafka to Postgres; docs/s = documents / (last batch finished - first batch
+    started), from ``pipeline_batches``, so Spark's and the model's start-up are not counted; encoder
+    passes per document from ``document_scores.n_chunks`` (one pass per chunk; the entity head reads
+    from those passes).
+(c) ``naive``: what people write first: Spark reads the same Kafka topic, a per-row Python UDF calls a
+    transformers ``pipeline("text-classification")`` one text at a time (the same encoder, fp32), and
+    Spark's JDBC writer appends the rows to Postgres; document sentiment only, no entities.
+(d) ``latency``: the job running warm, documents produced at half of (b)'s rate; produce time (in the
+    document) -> ``documents.ingested_at`` (the sink's transaction time), p50 / p95.
+(e) ``accuracy`` per precision: sentiment macro-F1 on the model's sentiment test split and entity
+    accuracy (all / mixed headlines) on the held-out entity rows (the int8 bound: at most 0.5 point lost).
 Python worker RSS: the largest resident set of a PySpark Python worker seen during (b).
 
-    .venv/bin/python bench/bench_pipeline.py [--n 2000] [--latency-seconds 30] [--skip-naive]
+    .venv/bin/python bench/bench_pipeline.py [--n 2000] [--latency-seconds 30] [--skip-naive] [--before-model DIR]
 
-Runs against the test stack (Kafka 127.0.0.1:29092, Postgres 54339) in a scratch database and
-fresh topics that it drops/leaves; writes bench/results/pipeline-<UTC>.json and prints a table.
-Reads the bundled models/training/data (the texts of bench_scorer.py).
+Runs against the test stack (Kafka 127.0.0.1:29092, Postgres 54339) in a scratch database and fresh topics;
+writes bench/results/pipeline-<UTC>.json and prints a table, with the CPU it ran on.
 """
 
 from __future__ import annotations
@@ -24,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -51,20 +59,35 @@ for _k, _v in TEST_ENV.items():
     os.environ.setdefault(_k, _v)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bench_scorer import bench_texts, naive_pipeline  # noqa: E402
+from bench.bench_scorer import naive_pipeline  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
+
+DEMO_FILE = REPO / "ingest" / "demo" / "stock_market_tweets_2020.csv.gz"
+
+
+def demo_rows(n: int) -> list[tuple[str, list[str]]]:
+    """(text, producer tickers) of the demo stream's first ``n`` rows (looped past 5,000)."""
+    import pandas as pd
+
+    table = pd.read_csv(DEMO_FILE, dtype=str, keep_default_na=False)
+    rows = [(text, [t.lstrip("$").upper() for t in tags.split() if t.strip("$")])
+            for text, tags in zip(table["text"], table["cashtags"])]
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 def log(msg: str) -> None:
     print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
-def documents(texts: list[str], tag: str, *, stamp: bool = False) -> list[tuple[bytes, bytes]]:
+def documents(rows: list[tuple[str, list[str]]] | list[str], tag: str) -> list[tuple[bytes, bytes]]:
+    """Contract documents (comments with their producer tickers, one second apart, ending now) as Kafka messages."""
     now = datetime.now(timezone.utc)
     out = []
-    for i, text in enumerate(texts):
-        doc = {"schema_version": 1, "id": f"{tag}-{i}", "source": "bench", "kind": "news", "text": text,
-               "published_at": (now - timedelta(seconds=len(texts) - i)).isoformat(), "fetched_at": now.isoformat(),
-               "lang": "en", "tickers": [], "extra": {}}
+    for i, row in enumerate(rows):
+        text, tickers = row if isinstance(row, tuple) else (row, [])
+        doc = {"schema_version": 1, "id": f"{tag}-{i}", "source": "bench", "kind": "comment", "text": text,
+               "published_at": (now - timedelta(seconds=len(rows) - i)).isoformat(), "fetched_at": now.isoformat(),
+               "lang": "en", "tickers": tickers, "extra": {}}
         out.append((doc["id"].encode(), json.dumps(doc).encode()))
     return out
 
@@ -180,27 +203,79 @@ def count_documents(settings, prefix: str = "") -> int:
         engine.dispose()
 
 
-def bench_scorer(texts: list[str], threads: int) -> dict:
+def precisions_here() -> list[str]:
+    """The precisions this CPU runs: fp32 and int8 always, bf16 where it is native."""
     import torch
 
-    from models.scorer import get_scorer
+    from models.network import bf16_supported
+
+    return ["fp32", "int8"] + (["bf16"] if bf16_supported(torch.device("cpu")) else [])
+
+
+def bench_model(rows: list[tuple[str, list[str]]], threads: int, repeats: int, before_model: str | None) -> dict:
+    """(a): the Scorer on the job's work (texts and entity links) at each precision, interleaved, best of N."""
+    import torch
+
+    from models.scorer import Scorer
+    from pipeline.entities import EntityLinker
 
     torch.set_num_threads(threads)
-    scorer = get_scorer()
-    scorer.score_arrays(texts[:64])  # warm-up
-    best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        scorer.score_arrays(texts)
-        best = min(best, time.perf_counter() - t0)
-    return {"texts_per_s": round(len(texts) / best, 1), "seconds": round(best, 3), "threads": threads,
-            "model_version": scorer.version, "bf16": bool(getattr(scorer, "bf16", False))}
+    linker = EntityLinker.load()
+    links = [linker.link(title=None, text=text, tickers=tickers) for text, tickers in rows]
+    texts = [text for text, _ in rows]
+    names = [[link.names for link in doc] for doc in links]
+    scorers = {p: Scorer.load(device="cpu", precision=p) for p in precisions_here()}
+    if before_model:
+        scorers["before"] = Scorer.load(before_model, device="cpu", precision="fp32")
+    best = {k: float("inf") for k in scorers}
+    passes = {}
+    for scorer in scorers.values():
+        scorer.score_documents(texts[:64], names[:64])  # warm-up: oneDNN/fbgemm kernels are made lazily
+    for _ in range(repeats):
+        for key, scorer in scorers.items():
+            before = scorer.passes
+            t0 = time.perf_counter()
+            scorer.score_documents(texts, names)
+            best[key] = min(best[key], time.perf_counter() - t0)
+            passes[key] = scorer.passes - before
+    out = {key: {"docs_per_s": round(len(texts) / best[key], 1), "seconds": round(best[key], 3),
+                 "passes_per_doc": round(passes[key] / len(texts), 3), "model_version": scorers[key].version,
+                 "precision": scorers[key].precision}
+           for key in scorers}
+    out["entity_links"] = sum(len(doc) for doc in links)
+    out["threads"] = threads
+    return out
+
+
+def bench_accuracy(precisions: list[str]) -> dict:
+    """(e): test-split sentiment macro-F1 and held-out entity accuracy of the shipped model at each precision."""
+    from models.evaluation.entity_eval import entity_eval
+    from models.evaluation.metrics import classification_report
+    from models.scorer import Scorer
+    from models.training import corpus
+    from models.training.entity_data import entity_splits
+
+    split = corpus.build_split("sentiment", corpus.default_sentiment_frames(), val_fraction=0.1, seed=13, test_share=0.5)
+    _, entity_test = entity_splits(seed=13)
+    out = {}
+    for precision in precisions:
+        scorer = Scorer.load(device="cpu", precision=precision)
+        predicted = scorer.score_arrays(split.test["text"].tolist()).sentiment
+        keep = [i for i, p in enumerate(predicted) if p is not None]
+        report = classification_report([split.test["label"].iloc[i] for i in keep], [predicted[i] for i in keep],
+                                       labels=scorer.labels["sentiment"])
+        entity = entity_eval(scorer, entity_test)["entity_head"] or {}
+        out[precision] = {"sentiment_test_macro_f1": round(report["macro_f1"], 4), "sentiment_test_n": report["n"],
+                          "entity_accuracy_all": round(entity.get("all", {}).get("accuracy", float("nan")), 4),
+                          "entity_accuracy_mixed": round(entity.get("mixed", {}).get("accuracy", float("nan")), 4),
+                          "entity_n": entity.get("all", {}).get("n")}
+    return out
 
 
 def warm_up(settings, topic: str, job: "Job") -> None:
     """Documents on every partition through the job before any clock starts, so that Spark is up
     and every Python worker has loaded the model (each loads it at its first task)."""
-    warm = documents([f"warm-up document {i}" for i in range(3 * WARM_PARTITIONS)], f"warm-{topic}")
+    warm = documents([f"warm-up document {i}" for i in range(3 * WARM_PARTITIONS)], f"warm-{topic}")  # no tickers
     produce(settings, topic, warm)
     deadline = time.monotonic() + 600
     while count_documents(settings, f"warm-{topic}") < len(warm):
@@ -209,7 +284,7 @@ def warm_up(settings, topic: str, job: "Job") -> None:
         time.sleep(0.5)
 
 
-def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> dict:
+def bench_pipeline(settings, rows: list[tuple[str, list[str]]], workdir: Path, threads: int) -> dict:
     import sqlalchemy as sa
 
     from finpulse import db
@@ -224,7 +299,7 @@ def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> d
     with engine.connect() as conn:
         warm_batches = conn.execute(sa.text(
             "SELECT coalesce(max(batch_id), -1) FROM pipeline_batches WHERE query_name = 'bench'")).scalar_one()
-    produce(settings, topic, documents(texts, "e2e"))
+    produce(settings, topic, documents(rows, "e2e"))
     job.wait(timeout=1800)
     with engine.connect() as conn:
         # Only the batches after the warm-up: steady state, Spark's and the model's start-up not counted.
@@ -236,15 +311,20 @@ def bench_pipeline(settings, texts: list[str], workdir: Path, threads: int) -> d
         links = conn.execute(sa.text(
             "SELECT count(*) AS links, count(sentiment) AS scored FROM document_entities "
             "WHERE document_id LIKE 'e2e-%'")).mappings().one()
+        # one encoder pass per chunk read; the span entity head reads from those passes
+        chunks = conn.execute(sa.text(
+            "SELECT sum(n_chunks) FROM document_scores WHERE document_id LIKE 'e2e-%'")).scalar_one()
     engine.dispose()
     seconds = (row["b"] - row["a"]).total_seconds()
     n = count_documents(settings, "e2e-")
     return {"docs": n, "seconds": round(seconds, 3), "docs_per_s": round(n / seconds, 1), "batches": row["batches"],
             "entity_links": links["links"], "entity_links_scored": links["scored"],
+            "passes_per_doc": round(int(chunks or 0) / max(n, 1), 3),
             "python_worker_rss_mb_max": round(job.max_rss, 1), "topic": topic}
 
 
-def bench_latency(settings, texts: list[str], workdir: Path, threads: int, rate: float, seconds: float) -> dict:
+def bench_latency(settings, rows: list[tuple[str, list[str]]], workdir: Path, threads: int, rate: float,
+                  seconds: float) -> dict:
     import sqlalchemy as sa
 
     from finpulse import db
@@ -253,7 +333,7 @@ def bench_latency(settings, texts: list[str], workdir: Path, threads: int, rate:
     topic = f"bench.latency.{uuid.uuid4().hex[:8]}"
     ensure_topics([topic, topic + ".dl"], settings=settings)
     n = max(1, int(rate * seconds))
-    pool = (texts * (n // len(texts) + 1))[:n]
+    pool = (rows * (n // len(rows) + 1))[:n]
     job = Job(settings, topic, workdir, threads)
     job.start("--until-idle", "8", "--query-name", "latency")
     warm_up(settings, topic, job)
@@ -270,7 +350,7 @@ def bench_latency(settings, texts: list[str], workdir: Path, threads: int, rate:
             "max_s": round(lat[-1], 3) if lat else None}
 
 
-def bench_naive(settings, texts: list[str], threads: int) -> dict:
+def bench_naive(settings, rows: list[tuple[str, list[str]]], threads: int) -> dict:
     """Kafka -> per-row Python UDF (transformers pipeline, one text per call) -> Spark JDBC append."""
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
@@ -284,7 +364,7 @@ def bench_naive(settings, texts: list[str], threads: int) -> dict:
 
     topic = f"bench.naive.{uuid.uuid4().hex[:8]}"
     ensure_topics([topic], settings=settings)
-    produce(settings, topic, documents(texts, "naive"))
+    produce(settings, topic, documents(rows, "naive"))
     jdbc = [str(p) for p in resolve_classpath(str(REPO / "bench" / "postgres-jdbc.pom.xml"), settings)]
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -296,7 +376,7 @@ def bench_naive(settings, texts: list[str], threads: int) -> dict:
     folder = tempfile.mkdtemp(prefix="naive-model-")
     from models.scorer import get_scorer
 
-    naive_pipeline(get_scorer(), Path(folder))  # saved once; each Python worker loads it from disk
+    naive_pipeline(get_scorer(precision="fp32"), Path(folder))  # saved once; each Python worker loads it from disk
 
     result_type = StructType([StructField("label", StringType()), StructField("score", FloatType())])
 
@@ -341,61 +421,86 @@ def bench_naive(settings, texts: list[str], threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="Texts (the same for every stage).")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the bare Scorer (a).")
+    parser.add_argument("--n", type=int, default=2000, help="Demo-stream documents (the same for every stage).")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the bare model (a).")
+    parser.add_argument("--repeats", type=int, default=2, help="Timed rounds of (a), interleaved across precisions.")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--before-model", default=None,
+                        help="Also measure this model folder in (a) (e.g. the one shipped before, with a pair entity head).")
     args = parser.parse_args()
 
-    from finpulse.settings import Settings
+    import torch
 
     from finpulse import db
+    from finpulse.settings import Settings
+    from models.scorer import resolve_precision
     from stack import LocalStack
 
     base = Settings()
     LocalStack(base).up()  # idempotent: reuses a running test stack, starts it otherwise (and leaves it up)
     db.migrate(db.engine(base))
-    texts = bench_texts(args.n)
+    rows = demo_rows(args.n)
     load = os.getloadavg()
+    job_precision = resolve_precision(torch.device("cpu"), base.model_precision)
     results: dict = {"benchmark": "bench/bench_pipeline.py", "at": datetime.now(timezone.utc).isoformat(),
-                     "n_texts": len(texts), "cpu": platform.machine(), "cpus": os.cpu_count(),
+                     "n_docs": len(rows), "cpu": cpu_model(), "cpus": os.cpu_count(),
                      "load_average_at_start": [round(x, 2) for x in load],
-                     "texts": "bench_scorer.bench_texts: half financial-news tweets, half SEntFiN headlines, seed 0",
-                     "spark_master": "local[2]", "trigger": base.pipeline_trigger}
+                     "docs": "ingest/demo stream, first rows, cashtags as producer tickers",
+                     "spark_master": "local[2]", "trigger": base.pipeline_trigger,
+                     "max_offsets_per_trigger": base.pipeline_max_offsets_per_trigger, "job_precision": job_precision}
     with db.scratch_database(base, prefix="bench") as settings, \
             tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
-        log("(a) bare Scorer")
-        results["scorer"] = bench_scorer(texts, args.threads)
-        log(f"    {results['scorer']}")
-        log("(b) pipeline Kafka -> Postgres")
-        results["pipeline"] = bench_pipeline(settings, texts, work / "b", 1)
+        log(f"(a) bare model, precisions {precisions_here()}")
+        results["model"] = bench_model(rows, args.threads, args.repeats, args.before_model)
+        log(f"    {results['model']}")
+        log(f"(b) pipeline Kafka -> Postgres ({job_precision})")
+        results["pipeline"] = bench_pipeline(settings, rows, work / "b", 1)
         log(f"    {results['pipeline']}")
         rate = results["pipeline"]["docs_per_s"] / 2
         log(f"(d) latency at {rate:.0f} docs/s")
-        results["latency"] = bench_latency(settings, texts, work / "d", 1, rate, args.latency_seconds)
+        results["latency"] = bench_latency(settings, rows, work / "d", 1, rate, args.latency_seconds)
         log(f"    {results['latency']}")
         if not args.skip_naive:
             log("(c) naive: per-row UDF + transformers pipeline() + JDBC append")
-            results["naive"] = bench_naive(settings, texts, 1)
+            results["naive"] = bench_naive(settings, rows, 1)
             log(f"    {results['naive']}")
-    results["ratios"] = {"pipeline_over_scorer": round(results["pipeline"]["docs_per_s"] / results["scorer"]["texts_per_s"], 2)}
+    if not args.skip_accuracy:
+        log("(e) accuracy per precision")
+        results["accuracy"] = bench_accuracy(precisions_here())
+        log(f"    {results['accuracy']}")
+    model = results["model"]
+    results["ratios"] = {
+        "pipeline_over_model": round(results["pipeline"]["docs_per_s"] / model[job_precision]["docs_per_s"], 2),
+        "int8_over_fp32": round(model["int8"]["docs_per_s"] / model["fp32"]["docs_per_s"], 2),
+    }
     if "naive" in results:
         results["ratios"]["pipeline_over_naive"] = round(results["pipeline"]["docs_per_s"] / results["naive"]["docs_per_s"], 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"pipeline-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"| stage | figure |\n|---|---|\n"
-          f"| (a) bare Scorer | {results['scorer']['texts_per_s']} texts/s |\n"
-          f"| (b) pipeline Kafka -> Postgres | {results['pipeline']['docs_per_s']} docs/s "
-          f"({results['pipeline']['entity_links_scored']} of {results['pipeline']['entity_links']} entity links scored) |\n"
-          + (f"| (c) naive UDF + JDBC | {results['naive']['docs_per_s']} docs/s |\n" if "naive" in results else "")
-          + f"| (b)/(a) | {results['ratios']['pipeline_over_scorer']} |\n"
-          + (f"| (b)/(c) | {results['ratios']['pipeline_over_naive']} |\n" if "naive" in results else "")
-          + f"| latency p50 / p95 at {results['latency']['rate_docs_per_s']} docs/s | "
-            f"{results['latency']['p50_s']} s / {results['latency']['p95_s']} s |\n"
-          f"| Python worker RSS (max) | {results['pipeline']['python_worker_rss_mb_max']} MB |\n"
-          f"\nwrote {out}")
+    lines = ["| stage | figure |", "|---|---|", f"| CPU | {results['cpu']}, {results['cpus']} cores |"]
+    for key in precisions_here() + (["before"] if "before" in model else []):
+        lines.append(f"| (a) model {key} ({model[key]['model_version']}) | {model[key]['docs_per_s']} docs/s, "
+                     f"{model[key]['passes_per_doc']} encoder passes/doc |")
+    p = results["pipeline"]
+    lines += [f"| (b) pipeline Kafka -> Postgres ({job_precision}) | {p['docs_per_s']} docs/s, {p['passes_per_doc']} "
+              f"passes/doc ({p['entity_links_scored']} of {p['entity_links']} entity links scored, {p['batches']} batches) |"]
+    if "naive" in results:
+        lines.append(f"| (c) naive UDF + JDBC | {results['naive']['docs_per_s']} docs/s |")
+    lines += [f"| (b)/(a) at {job_precision} | {results['ratios']['pipeline_over_model']} |",
+              f"| int8 / fp32 (a) | {results['ratios']['int8_over_fp32']} |"]
+    if "naive" in results:
+        lines.append(f"| (b)/(c) | {results['ratios']['pipeline_over_naive']} |")
+    lines += [f"| (d) latency p50 / p95 at {results['latency']['rate_docs_per_s']} docs/s | "
+              f"{results['latency']['p50_s']} s / {results['latency']['p95_s']} s |",
+              f"| Python worker RSS (max) | {p['python_worker_rss_mb_max']} MB |"]
+    for precision, acc in results.get("accuracy", {}).items():
+        lines.append(f"| (e) {precision}: sentiment test macro-F1 / entity acc all / mixed | "
+                     f"{acc['sentiment_test_macro_f1']} / {acc['entity_accuracy_all']} / {acc['entity_accuracy_mixed']} |")
+    print("\n".join(lines) + f"\n\nwrote {out}")
 
 
 if __name__ == "__main__":

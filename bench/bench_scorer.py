@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "models" / "data"  # the bundled copies (the same rows as ../shared/data)
+DATA = REPO / "models" / "training" / "data"  # the bundled copies (the same rows as ../shared/data)
 RESULTS = REPO / "bench" / "results"
 
 
@@ -54,14 +54,14 @@ def naive_pipeline(scorer, folder: Path):
     """The merged encoder + sentiment head as a stock HF text-classification pipeline (fp32, CPU)."""
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    encoder = scorer.network.encoder
+    encoder = scorer.model.network.encoder  # the fp32 network, whatever precision the scorer runs
     encoder.save_pretrained(folder)
     scorer.model.tokenizer.save_pretrained(folder)
     labels = scorer.labels["sentiment"]
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
     )
-    head = scorer.network.heads["sentiment"]
+    head = scorer.model.network.heads["sentiment"]
     with torch.no_grad():
         model.classifier.weight.copy_(head.weight)
         model.classifier.bias.copy_(head.bias)

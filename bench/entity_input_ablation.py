@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import cpu_model  # noqa: E402
 from models.evaluation.checklist import load_entity_cases, run_entity_checklist
 from models.evaluation.entity_eval import entity_eval
 from models.training.entity_data import entity_splits
@@ -43,17 +45,6 @@ VARIANTS = {"mean": (False, "mean"), "mark": (True, "mean"), "segment": (False, 
             "span": (False, "span"), "span_mark": (True, "span"),
             "mark_segment": (True, "segment")}
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    """The CPU's model name and whether it has native bf16 (what decides the training speed here)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in info]
-    return f"{name} ({', '.join(flags) or 'no native bf16'})"
 
 
 def main() -> None:

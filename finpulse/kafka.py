@@ -257,6 +257,41 @@ def admin(settings: Settings | None = None, **kwargs):
         raise
 
 
+class EndOffsets:
+    """The end offsets of ``topics``, read as often as asked over one consumer that never joins a group or
+    commits (what lag and progress are measured against)."""
+
+    def __init__(self, settings: Settings | None, topics: Iterable[str]):
+        from kafka import KafkaConsumer
+
+        self.topics = list(dict.fromkeys(topics))
+        self._consumer = KafkaConsumer(**client_config(settings or get_settings()), client_id="finpulse-end-offsets",
+                                       request_timeout_ms=15_000, enable_auto_commit=False)
+
+    def read(self) -> dict[str, dict[str, int]]:
+        """{topic: {partition: end offset}}; a topic that does not exist has no partitions."""
+        from kafka import TopicPartition
+
+        partitions = [TopicPartition(t, p) for t in self.topics
+                      for p in sorted(self._consumer.partitions_for_topic(t) or [])]
+        out: dict[str, dict[str, int]] = {t: {} for t in self.topics}
+        for tp, offset in (self._consumer.end_offsets(partitions) if partitions else {}).items():
+            out[tp.topic][str(tp.partition)] = int(offset)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def end_offsets(settings: Settings | None, topics: Iterable[str]) -> dict[str, dict[str, int]]:
+    """{topic: {partition: end offset}} once (``EndOffsets`` reads them repeatedly)."""
+    reader = EndOffsets(settings, topics)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
 def ensure_topics(
     names: Iterable[str],
     *,

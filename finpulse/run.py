@@ -10,6 +10,7 @@ and never imports them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,32 +49,74 @@ def _step(args: list[str], *, what: str, timeout: float, required: bool = True) 
     return False
 
 
-def _pipeline_status() -> dict:
-    proc = _call(["pipeline", "status", "--json"], timeout=60)
+def _read_progress(settings) -> dict:
+    """The streaming job's progress file (rewritten after every batch), or {} before its first."""
     try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        return json.loads(settings.pipeline_progress_file().read_text())
+    except (OSError, ValueError):
         return {}
 
 
-def _wait_consumed(timeout: float) -> bool:
-    """Wait until the pipeline has committed every record in its topics; print progress."""
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def records_to_go(ends: dict[str, dict[str, int]], committed: dict[str, dict[str, int]]) -> int:
+    """Records in the topics beyond what the job committed, summed over partitions."""
+    return sum(max(0, end - int(committed.get(topic, {}).get(part, 0)))
+               for topic, parts in ends.items() for part, end in parts.items())
+
+
+def progress_line(done: int, to_go: int, rate: float | None) -> str:
+    """'1,240 records scored, 3,760 to go (148/s, about 25 s left)'."""
+    if rate is None or rate <= 0:
+        return f"{done:,} records scored, {to_go:,} to go (the first batch loads the model)"
+    return f"{done:,} records scored, {to_go:,} to go ({rate:,.0f}/s, about {to_go / rate:,.0f} s left)"
+
+
+def _wait_consumed(settings, timeout: float, *, since: dict, every: float = 5.0) -> bool:
+    """Wait until the pipeline has committed every record of its topics, printing progress at least every
+    ``every`` seconds: records scored since ``since`` (the progress file's totals then), the rate, an ETA."""
+    from finpulse.kafka import EndOffsets
+
+    reader = EndOffsets(settings, [settings.topic_documents, settings.topic_dead_letters])
+    base = int((since.get("totals") or {}).get("n_input", 0))
+    base_pid = since.get("pid")
+    first_seen: tuple[float, int] | None = None  # (when, records) of the first batch committed while waiting
     deadline = time.monotonic() + timeout
     last_print = 0.0
-    while time.monotonic() < deadline:
-        status = _pipeline_status()
-        lag = status.get("lag")
-        if lag == 0:
-            return True
-        if not status.get("running"):
-            click.echo(f"  the pipeline is not running; see {status.get('log', 'its log')}", err=True)
-            return False
-        if time.monotonic() - last_print > 15:
-            batch = status.get("last_batch") or {}
-            click.echo(f"  pipeline: {lag if lag is not None else '?'} record(s) to go, "
-                       f"last batch {batch.get('batch_id', '-')}")
-            last_print = time.monotonic()
-        time.sleep(3)
+    try:
+        while time.monotonic() < deadline:
+            status = _read_progress(settings)
+            if status.get("pid") != base_pid:
+                base, base_pid = 0, status.get("pid")  # a restarted job counts from zero
+            done = int((status.get("totals") or {}).get("n_input", 0)) - base
+            to_go = records_to_go(reader.read(), status.get("committed_offsets") or {})
+            now = time.monotonic()
+            if done > 0 and first_seen is None:
+                first_seen = (now, done)
+            rate = None
+            if first_seen is not None and now - first_seen[0] >= 1.0:
+                rate = (done - first_seen[1]) / (now - first_seen[0]) or None
+            if to_go == 0 and status.get("state") == "running":
+                click.echo(f"  pipeline: {done:,} records scored, none to go")
+                return True
+            if status.get("state") in ("stopped", None) and not _alive(status.get("pid")):
+                click.echo(f"  the pipeline is not running; see {settings.home / 'pipeline' / 'pipeline.log'}", err=True)
+                return False
+            if now - last_print >= every:
+                failed = f" (last batch failed: {status.get('last_error')}; retrying)" if status.get("state") == "failed" else ""
+                click.echo(f"  pipeline: {progress_line(done, to_go, rate)}{failed}")
+                last_print = now
+            time.sleep(1.0)
+    finally:
+        reader.close()
     return False
 
 
@@ -159,6 +202,7 @@ def run(demo: bool, demo_limit: int | None, wait: float) -> None:
     _step(["pipeline", "start"], what="the pipeline", timeout=600)
     _step(["alerts", "start"], what="alerts", timeout=300, required=False)
 
+    before = _read_progress(settings)
     if demo:
         proc = subprocess.run(finpulse_argv("ingest", "demo", *(["--limit", str(demo_limit)] if demo_limit else [])),
                               capture_output=True, text=True, check=False)
@@ -168,7 +212,7 @@ def run(demo: bool, demo_limit: int | None, wait: float) -> None:
         click.echo("  " + proc.stdout.strip().replace("\n", "\n  "))
 
     click.echo("waiting for the pipeline to consume its topics ...")
-    if not _wait_consumed(wait):
+    if not _wait_consumed(settings, wait, since=before):
         click.echo("the pipeline has not caught up yet; `finpulse pipeline status` shows its progress", err=True)
     _print_summary(settings)
     click.echo(

@@ -105,7 +105,9 @@ class Settings(BaseSettings):
     pipeline_checkpoint_dir: Path | None = Field(None, description="Streaming checkpoints, one folder per query name.",
                                                  json_schema_extra=_shown("$FINPULSE_HOME/pipeline/checkpoint"))
     pipeline_trigger: str = Field("2s", description="Micro-batch trigger interval (`2s`, `500ms`, `1m`).")
-    pipeline_max_offsets_per_trigger: int | None = Field(10_000, ge=1, description="Most Kafka records read per micro-batch; empty = no limit.")
+    pipeline_max_offsets_per_trigger: int | None = Field(
+        2_000, ge=1, description="Most Kafka records read per micro-batch (a backlog commits as it goes, about every 10 s on "
+        "2 cores); empty = no limit.")
     pipeline_shuffle_partitions: int = Field(2, ge=1, description="`spark.sql.shuffle.partitions` of the job (Spark's 200 costs seconds a batch).")
     pipeline_scorer_url: str | None = Field(None, description="Model server URL (`finpulse model serve`); unset = score in-process.")
     # pipeline core (pipeline/process.py, entities.py, sink.py, windows.py)
@@ -245,6 +247,11 @@ class Settings(BaseSettings):
     @property
     def postgres_password_file(self) -> Path:
         return self.home / "postgres" / "password"
+
+    def pipeline_progress_file(self, query_name: str | None = None) -> Path:
+        """The progress file the streaming job rewrites after every batch (``finpulse pipeline status`` and
+        ``finpulse run`` read it): state, pid, last batch, committed offsets, totals."""
+        return self.home / "pipeline" / "queries" / (query_name or self.pipeline_query_name) / "progress.json"
 
     @property
     def pipeline_checkpoint_root(self) -> Path:

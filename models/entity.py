@@ -54,17 +54,20 @@ _TICKER_LIKE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,5}$")
 
 def _mention_pattern(name: str) -> re.Pattern:
     """A name's mentions: at a word start, an optional leading ``$``. A ticker-like name (``T``, ``AAPL``,
-    ``BRK.B``) matches as written and as a whole word, else "T" would match every word starting with t;
-    other names match in any case and may run on into a suffix ("Acme's")."""
+    ``BRK.B``, ``PSB``) matches as written, as a whole word or its plural ("PSBs"), else "T" would match every
+    word starting with t; a name of one or two letters is not the start of a compound either ("T-Mobile").
+    Other names match in any case and may run on into a suffix ("Acme's")."""
     if _TICKER_LIKE.match(name):
-        return re.compile(r"(?<![\w$])\$?" + re.escape(name) + r"(?![\w&-])(?!\.\w)")
+        after = r"(?:s|['’]s)?(?![\w&])" + (r"(?!-)" if len(name) <= 2 else "") + r"(?!\.\w)"
+        return re.compile(r"(?<![\w$])\$?" + re.escape(name) + after)
     return re.compile(r"(?<![\w$])\$?" + re.escape(name), re.IGNORECASE)
 
 
 def mention_spans(text: str, entities: Sequence[Sequence[str]]) -> list[list[tuple[int, int]]]:
     """Per entity (given by the names it goes by: ``["AAPL", "Apple"]``), the character spans of its
-    mentions in ``text`` (``_mention_pattern``). Where mentions of two entities overlap, the longer one wins ("Tata Motors" over "Tata"),
-    so no text is read for two entities."""
+    mentions in ``text`` (``_mention_pattern``). Where mentions of two entities overlap, the longer one wins
+    ("Tata Motors" over "Tata"), so no text is read for two entities; an entity named only inside another's
+    mention ("SBI" of "SBI Life") reads that mention."""
     found: list[tuple[int, int, int]] = []  # (start, end, entity index)
     for index, names in enumerate(entities):
         for name in {n.strip().lstrip("$") for n in names if n and n.strip().lstrip("$")}:
@@ -75,7 +78,11 @@ def mention_spans(text: str, entities: Sequence[Sequence[str]]) -> list[list[tup
         if not any(start < e and end > b for b, e in kept):
             kept.append((start, end))
             spans[index].append((start, end))
-    return [sorted(s) for s in spans]
+    for index in range(len(entities)):
+        if not spans[index]:
+            inside = {(b, e) for start, end, i in found if i == index for b, e in kept if b <= start and end <= e}
+            spans[index] = sorted(inside)
+    return [sorted(set(s)) for s in spans]
 
 
 @dataclass(frozen=True)
@@ -95,19 +102,18 @@ def span_text(text: str, entities: Sequence[Sequence[str]], *, mark: bool) -> Sp
     spans = mention_spans(cleaned, entities)
     if not mark:
         return SpanText(cleaned, spans)
-    owned = sorted((start, end, index) for index, entity_spans in enumerate(spans) for start, end in entity_spans)
-    pieces, marked, cursor = [], [[] for _ in entities], 0
-    length = 0
-    for start, end, index in owned:
+    moved: dict[tuple[int, int], tuple[int, int]] = {}  # a span in the cleaned text -> its marked span
+    pieces, cursor, length = [], 0, 0
+    for start, end in sorted({span for entity_spans in spans for span in entity_spans}):
         pieces.append(cleaned[cursor:start])
         length += start - cursor
         mention = f"{MARK_OPEN} {cleaned[start:end]} {MARK_CLOSE}"
-        marked[index].append((length, length + len(mention)))
+        moved[(start, end)] = (length, length + len(mention))
         pieces.append(mention)
         length += len(mention)
         cursor = end
     pieces.append(cleaned[cursor:])
-    return SpanText("".join(pieces), marked)
+    return SpanText("".join(pieces), [[moved[span] for span in entity_spans] for entity_spans in spans])
 
 
 def pair_text(entity: str, text: str, *, mark: bool = False) -> str:

@@ -69,10 +69,8 @@ def _service(args: list[str] | None = None):
 
 
 def _progress_file(query_name: str | None) -> Path:
-    from pipeline.job import state_dir
-
     settings = _settings()
-    return state_dir(settings, query_name or settings.pipeline_query_name) / "progress.json"
+    return settings.pipeline_progress_file(query_name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

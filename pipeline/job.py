@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from finpulse import durations
-from finpulse.kafka import client_config, spark_source_options
+from finpulse.kafka import end_offsets, spark_source_options
 from finpulse.settings import Settings, get_settings
 
 log = logging.getLogger("pipeline.job")
@@ -57,11 +57,6 @@ def parse_trigger(text: str) -> float:
 def checkpoint_root(settings: Settings) -> Path:
     root = settings.pipeline_checkpoint_dir or settings.home / "pipeline" / "checkpoint"
     return Path(os.path.abspath(os.path.expanduser(root)))
-
-
-def state_dir(settings: Settings, query_name: str) -> Path:
-    """Where the job leaves its progress file (read by ``finpulse pipeline status``)."""
-    return settings.home / "pipeline" / "queries" / query_name
 
 
 @dataclass(frozen=True)
@@ -154,6 +149,8 @@ class _State:
     last_activity: float = field(default_factory=time.monotonic)
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     failures: int = 0
+    # what this process committed so far (the progress file's "totals": `finpulse run` shows docs/s and an ETA)
+    totals: dict[str, Any] = field(default_factory=lambda: {"batches": 0, "n_input": 0, "n_scored": 0})
 
 
 def progress_lag(progress: dict[str, Any] | None) -> int | None:
@@ -171,6 +168,15 @@ def progress_lag(progress: dict[str, Any] | None) -> int | None:
                 total += max(0, int(offset) - int(end.get(topic, {}).get(part, 0)))
                 seen = True
     return total if seen else None
+
+
+def batch_end_offsets(progress: dict[str, Any] | None) -> dict[str, dict[str, int]]:
+    """{topic: {partition: offset}} up to which a batch read (Spark's ``endOffset``), over its sources."""
+    out: dict[str, dict[str, int]] = {}
+    for source in (progress or {}).get("sources") or []:
+        for topic, parts in (_offsets(source.get("endOffset")) or {}).items():
+            out.setdefault(topic, {}).update({str(k): int(v) for k, v in parts.items()})
+    return out
 
 
 def _offsets(value: Any) -> dict[str, dict[str, int]] | None:
@@ -193,7 +199,7 @@ class PipelineJob:
         self.settings = settings or get_settings()
         self.state = _State()
         self.on_progress = on_progress
-        self.status_file = state_dir(self.settings, options.query_name) / "progress.json"
+        self.status_file = self.settings.pipeline_progress_file(options.query_name)
         self._logged_batches: set[int] = set()
         self.slots = 1
         self._last_warm: float | None = None  # when the Python workers last loaded or used the model
@@ -259,6 +265,7 @@ class PipelineJob:
                 elapsed = time.monotonic() - t0
                 figures = _report_dict(report)
                 figures["wall_s"] = round(elapsed, 3)
+                figures["started_at"] = started_at.isoformat()
                 with state.lock:
                     state.reports[batch_id] = figures
                     if figures.get("n_input", rows.num_rows):
@@ -448,11 +455,20 @@ class PipelineJob:
                 report.get("n_duplicates", 0), report["wall_s"], "?" if lag is None else lag,
                 " (already committed: skipped)" if report.get("skipped") else "",
             )
-            self._write_status(query, state="running", last_batch=report)
+            committed = batch_end_offsets(progress)
+            with self.state.lock:
+                totals = self.state.totals
+                totals["batches"] += 1
+                totals["n_input"] += int(report.get("n_input") or 0)
+                totals["n_scored"] += int(report.get("n_scored") or 0)
+                totals.setdefault("first_batch_started_at", report.get("started_at") or report["at"])
+            self._write_status(query, state="running", last_batch=report,
+                               extra={"committed_offsets": committed, "totals": dict(totals)})
             if self.on_progress:
                 self.on_progress(report)
 
-    def _write_status(self, query, *, state: str, last_batch: dict | None = None, error: str | None = None) -> None:
+    def _write_status(self, query, *, state: str, last_batch: dict | None = None, error: str | None = None,
+                      extra: dict | None = None) -> None:
         previous = {}
         try:
             previous = json.loads(self.status_file.read_text())
@@ -469,6 +485,7 @@ class PipelineJob:
         }
         if last_batch is not None:
             status["last_batch"] = last_batch
+        status.update(extra or {})
         if error is not None:
             status["last_error"] = error
         tmp = self.status_file.with_suffix(".tmp")
@@ -523,17 +540,11 @@ def read_checkpoint_offsets(checkpoint: Path) -> tuple[int | None, dict[str, dic
 
 def kafka_lag(settings: Settings, checkpoint: Path, topics: list[str]) -> dict[str, Any]:
     """Records in ``topics`` not yet committed by the query whose checkpoint is ``checkpoint``."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     batch_id, committed = read_checkpoint_offsets(checkpoint)
-    # No group and no auto-commit: this consumer only reads end offsets, it never joins or commits.
-    consumer = KafkaConsumer(**client_config(settings), client_id="finpulse-pipeline-status",
-                             request_timeout_ms=15_000, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        ends = consumer.end_offsets(partitions) if partitions else {}
-    finally:
-        consumer.close()
+    ends = {TopicPartition(topic, int(part)): offset
+            for topic, parts in end_offsets(settings, topics).items() for part, offset in parts.items()}
     per_topic: dict[str, int] = {}
     for tp, end in ends.items():
         done = committed.get(tp.topic, {}).get(str(tp.partition), 0)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from models.text import model_text
 from models.training.corpus import DATA_DIR, read_table, stratified_split
+from models.training.near_duplicates import drop_near_duplicates
 
 COMMENTS_FILE = DATA_DIR / "stocktwits_selftagged_2020.csv.gz"
 
@@ -34,5 +35,8 @@ def comments_frame(path: str | Path = COMMENTS_FILE) -> pd.DataFrame:
 
 def comments_split(*, heldout_fraction: float = 0.2, seed: int = 13, path: str | Path = COMMENTS_FILE
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held-out) comments, stratified by tag with a fixed seed: the same rows on every machine."""
-    return stratified_split(comments_frame(path), val_fraction=heldout_fraction, seed=seed)
+    """(train, held-out) comments, stratified by tag with a fixed seed: the same rows on every machine. Held-out
+    comments that retell a training comment (``models.training.near_duplicates``: templates with another
+    cashtag or price) are dropped, so the held-out figure is not flattered by them."""
+    train, heldout = stratified_split(comments_frame(path), val_fraction=heldout_fraction, seed=seed)
+    return train, drop_near_duplicates(heldout, train)

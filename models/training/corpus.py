@@ -161,13 +161,17 @@ def build_split(task: str, frames: list[pd.DataFrame], *, val_fraction: float, s
     ``val_fraction`` of each source is held out from training; ``test_share`` of that held-out
     part (per label, seed + 1) becomes the test frame and the rest validation. Carving test out
     of the held-out part keeps the training rows the same as with ``test_share=0``, so models
-    trained either way are compared on rows that neither trained on.
+    trained either way are compared on rows that neither trained on. Held-out rows that retell a training
+    row (``models.training.near_duplicates``) are then dropped from validation and test, not moved.
     """
+    from models.training.near_duplicates import drop_near_duplicates
+
     parts = [stratified_split(frame, val_fraction=val_fraction, seed=seed) for frame in frames]
     train = pd.concat([p[0] for p in parts], ignore_index=True)
     if test_share <= 0:
-        return Split(task=task, train=train, val=pd.concat([p[1] for p in parts], ignore_index=True))
+        val = pd.concat([p[1] for p in parts], ignore_index=True)
+        return Split(task=task, train=train, val=drop_near_duplicates(val, train))
     held = [stratified_split(p[1], val_fraction=test_share, seed=seed + 1) for p in parts]
     val = pd.concat([h[0] for h in held], ignore_index=True)
     test = pd.concat([h[1] for h in held], ignore_index=True)
-    return Split(task=task, train=train, val=val, test=test)
+    return Split(task=task, train=train, val=drop_near_duplicates(val, train), test=drop_near_duplicates(test, train))

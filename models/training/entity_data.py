@@ -49,8 +49,12 @@ def entity_splits(*, seed: int = 13, sentence_val_fraction: float = 0.1, mixed_t
 
     Test: the titles of the sentence head's SEntFiN validation split (``corpus.build_split`` with
     the same seed and fraction) and ``mixed_test_fraction`` of the mixed headlines. Validation
-    (for checkpoint choice and the temperature): ``val_fraction`` of the remaining headlines.
+    (for checkpoint choice and the temperature): ``val_fraction`` of the remaining headlines. Validation
+    and test rows whose headline retells a training headline (``models.training.near_duplicates``) are
+    dropped.
     """
+    from models.training.near_duplicates import drop_near_duplicates
+
     frame = entity_frame() if frame is None else frame
     sentfin = corpus.default_sentiment_frames()[1]
     sentence_val_titles = set(corpus.stratified_split(sentfin, val_fraction=sentence_val_fraction, seed=seed)[1]["text"])
@@ -60,5 +64,7 @@ def entity_splits(*, seed: int = 13, sentence_val_fraction: float = 0.1, mixed_t
     rest = frame[~is_test]
     val_titles = _group_sample(rest["title"], val_fraction, seed + 1)
     is_val = rest["title"].isin(val_titles)
-    split = Split(task=ENTITY_TASK, train=rest[~is_val].reset_index(drop=True), val=rest[is_val].reset_index(drop=True))
-    return split, frame[is_test].reset_index(drop=True)
+    train = rest[~is_val].reset_index(drop=True)
+    val = drop_near_duplicates(rest[is_val].reset_index(drop=True), train, column="title")
+    test = drop_near_duplicates(frame[is_test].reset_index(drop=True), train, column="title")
+    return Split(task=ENTITY_TASK, train=train, val=val), test

@@ -63,6 +63,8 @@ def test_finpulse_run_replays_the_sample_once_and_reports(stack, tmp_path):
             assert counts["sentiment_windows"] > 0 and counts["document_entities"] > 0
             assert re.search(rf"In Postgres now: {counts['documents']} documents", first.stdout), first.stdout
             assert "Top tickers:" in first.stdout and "SELECT" in first.stdout
+            # progress while it waited, and the line that ended the wait
+            assert re.search(r"pipeline: [\d,]+ records scored, none to go", first.stdout), first.stdout
 
             status = finpulse("pipeline", "status")
             assert status.returncode == 0 and "running" in status.stdout and "lag: 0" in status.stdout, status.stdout
@@ -96,3 +98,13 @@ def test_every_query_make_run_prints_runs(fresh_db):
                 conn.execute(sa.text(statement)).all()
     finally:
         engine.dispose()
+
+
+def test_progress_counts_records_to_go_per_partition_and_gives_an_eta():
+    from finpulse.run import progress_line, records_to_go
+
+    ends = {"docs": {"0": 100, "1": 50, "2": 0}, "dl": {"0": 3}}
+    assert records_to_go(ends, {}) == 153
+    assert records_to_go(ends, {"docs": {"0": 100, "1": 20}, "dl": {"0": 5}}) == 30  # never negative
+    assert progress_line(1240, 3760, 148.0) == "1,240 records scored, 3,760 to go (148/s, about 25 s left)"
+    assert progress_line(0, 5000, None) == "0 records scored, 5,000 to go (the first batch loads the model)"

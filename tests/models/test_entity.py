@@ -55,3 +55,22 @@ def test_entity_arrays_round_trip_through_json_and_report_confidence():
     assert np.isclose(arrays.confidence[0], max(arrays.p_negative[0], arrays.p_neutral[0], arrays.p_positive[0]))
     with pytest.raises(ValueError, match="differ in length"):
         EntityArrays.from_dict({**arrays.to_dict(), "truncated": [False]})
+
+
+def test_mentions_of_tickers_are_whole_words_names_any_case_and_the_longer_name_wins():
+    from models.entity import mention_spans, span_text
+
+    text = "T-Mobile and $T fall; Tesla up, tesla's CEO; PSBs slide; SBI Life IPO; Tata Motors and Tata Steel"
+    spans = mention_spans(text, [["T"], ["TSLA", "Tesla"], ["PSB"], ["SBI Life"], ["SBI"], ["Tata Motors"], ["Tata"],
+                                 ["IBM"]])
+    said = [[text[a:b] for a, b in entity] for entity in spans]
+    assert said[0] == ["$T"]  # not the T of T-Mobile, nor any word starting with t
+    assert said[1] == ["Tesla", "tesla"]  # a name matches in any case and runs on into "'s"
+    assert said[2] == ["PSBs"]  # a ticker-like name's plural
+    assert said[3] == ["SBI Life"] and said[4] == ["SBI Life"]  # named only inside another's mention: reads it
+    assert said[5] == ["Tata Motors"] and said[6] == ["Tata"]  # "Tata" of "Tata Motors" belongs to the longer
+    assert said[7] == []
+    marked = span_text("SBI Life IPO; SBI down", [["SBI Life"], ["SBI"]], mark=True)
+    assert marked.text == "« SBI Life » IPO; « SBI » down"  # a shared mention is marked once
+    assert [[marked.text[a:b] for a, b in e] for e in marked.spans] == [["« SBI Life »"], ["« SBI »"]]
+    assert span_text("a « quoted » [SEP] word", [["word"]], mark=False).text == 'a " quoted " word'

@@ -195,12 +195,12 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch):
 
 def _derived_state(settings: Settings) -> dict[str, Path]:
     """Files of every piece of state a purge must take along: as the pipeline, `finpulse run` and ingest write them."""
-    from pipeline.job import checkpoint_root, state_dir
+    from pipeline.job import checkpoint_root
 
     home = settings.home
     files = {
         "checkpoint": checkpoint_root(settings) / "finpulse-documents" / "commits" / "0",
-        "progress": state_dir(settings, "finpulse-documents") / "progress.json",
+        "progress": settings.pipeline_progress_file("finpulse-documents"),
         "demo marker": home / "demo" / "stock_market_tweets_2020.replayed",
         "seen-store": home / "ingest" / "seen.sqlite3",
         "replay position": home / "ingest" / "replay" / "replay-0123456789abcdef.json",
