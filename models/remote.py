@@ -116,11 +116,12 @@ class RemoteScorer:
         return self._model_info("languages", lambda languages: tuple(str(x) for x in languages))
 
     def score_documents(self, texts: Sequence[str | None], entities: Sequence[Sequence[Sequence[str]]], *,
-                        max_chunks: int | None = None) -> tuple[ScoreArrays, EntityArrays]:
+                        max_chunks: int | None = None, evidence: bool = False) -> tuple[ScoreArrays, EntityArrays]:
         """Each text's scores and the sentiment towards each entity it names, as ``Scorer.score_documents``
         (one request; the server reads each chunk once for every entity in it)."""
         payload = {"texts": [t if isinstance(t, str) else None for t in texts], "max_chunks": max_chunks,
-                   "entity_names": [[[str(n) for n in names] for names in entity] for entity in entities]}
+                   "entity_names": [[[str(n) for n in names] for names in entity] for entity in entities],
+                   "evidence": evidence}
         if len(payload["texts"]) != len(payload["entity_names"]):
             raise ValueError(f"{len(payload['texts'])} texts but {len(payload['entity_names'])} entity lists")
         n_entities = sum(len(e) for e in payload["entity_names"])
@@ -142,9 +143,11 @@ class RemoteScorer:
         self._version = answer[0].model_version
         return answer
 
-    def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
+    def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None,
+                     evidence: bool = False) -> ScoreArrays:
         """Scores aligned with ``texts``; raises ``ScorerUnavailable``, never returns default scores."""
-        payload = {"texts": [t if isinstance(t, str) else None for t in texts], "max_chunks": max_chunks}
+        payload = {"texts": [t if isinstance(t, str) else None for t in texts], "max_chunks": max_chunks,
+                   "evidence": evidence}
         if not payload["texts"]:
             return ScoreArrays.empty(0, model_version=self.version)
 

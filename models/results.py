@@ -66,7 +66,13 @@ class ColumnArrays:
             values, dtype = d[name], cls.DTYPES.get(name, object)
             if dtype is np.float32:
                 values = [np.nan if v is None else v for v in values]
-            columns[name] = np.array(values, dtype=dtype)
+            if dtype is object:
+                # one object per row, even when every row holds a list of the same length (evidence)
+                column = np.empty(len(values), dtype=object)
+                column[:] = list(values)
+                columns[name] = column
+            else:
+                columns[name] = np.array(values, dtype=dtype)
         return cls(model_version=str(d["model_version"]), **columns)
 
 
@@ -89,9 +95,12 @@ class ScoreArrays(ColumnArrays):
     topic_confidence: np.ndarray
     n_chunks: np.ndarray
     truncated: np.ndarray
+    # the words that pushed the text toward its sentiment, [[word, share], ...] strongest first (None where
+    # not asked for or not ok): ``models.scorer`` ``evidence=True``
+    evidence: np.ndarray
 
     ARRAY_FIELDS = ("status", "sentiment", "p_negative", "p_neutral", "p_positive", "topic", "topic_confidence",
-                    "n_chunks", "truncated")
+                    "n_chunks", "truncated", "evidence")
     DTYPES = {**{name: np.float32 for name in PROBABILITY_FIELDS}, "n_chunks": np.int32, "truncated": bool}
 
     @classmethod
@@ -101,7 +110,8 @@ class ScoreArrays(ColumnArrays):
         none = np.full(n, None, dtype=object)
         return cls(model_version=model_version, status=np.full(n, STATUS_EMPTY, dtype=object), sentiment=none.copy(),
                    p_negative=nan.copy(), p_neutral=nan.copy(), p_positive=nan.copy(), topic=none.copy(),
-                   topic_confidence=nan.copy(), n_chunks=np.zeros(n, dtype=np.int32), truncated=np.zeros(n, dtype=bool))
+                   topic_confidence=nan.copy(), n_chunks=np.zeros(n, dtype=np.int32), truncated=np.zeros(n, dtype=bool),
+                   evidence=none.copy())
 
     def to_frame(self) -> pd.DataFrame:
         """The arrays as a DataFrame with ``PREDICTION_COLUMNS``, index 0..n-1."""

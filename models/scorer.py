@@ -19,6 +19,7 @@ import copy
 import math
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,11 @@ def quantize_encoder(network: MultiHeadEncoder) -> MultiHeadEncoder:
     quantized = copy.deepcopy(network)
     chosen = {name: default_dynamic_qconfig for name, module in quantized.encoder.named_modules()
               if isinstance(module, torch.nn.Linear) and not INT8_KEEP_FP32.match(name)}
-    quantize_dynamic(quantized.encoder, chosen, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():
+        # torch announces the eager quantization API's move to torchao; it is what torch 2.x ships and runs
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+        quantize_dynamic(quantized.encoder, chosen, dtype=torch.qint8, inplace=True)
     return quantized.eval()
 
 
@@ -235,10 +240,13 @@ def forward_chunks(
     autocast: torch.dtype | bool | None,
     max_rows: int | None = None,
     queries: Sequence[SpanQuery] = (),
+    contributions: list | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Logits per head (fp32, on CPU) for each chunk of ``ids``, in the order of ``ids``, and the entity logits
     of each span query (in query order) from the same passes: one encoder pass per chunk, whatever the
-    number of entities."""
+    number of entities. A list given as ``contributions`` is filled, per chunk in ``ids`` order, with each
+    token's share of the sentiment head's logits (tokens x classes: the head reads the tokens' mean, so its
+    logits are the sum of these plus the bias), the words behind a prediction at no extra pass."""
     n_queries = len(queries)
     span_head = network.heads[ENTITY_TASK].out_features if network.reads_spans else 0
     if not ids:
@@ -272,6 +280,12 @@ def forward_chunks(
             for task, value in network.text_logits(hidden, mean, input_tensor, mask_tensor).items():
                 outputs.setdefault(task, []).append(value.float())  # stays on the device until the end: one sync
             order.append(batch)
+            if contributions is not None:
+                head = network.heads["sentiment"]
+                shares = (hidden.float() @ head.weight.float().T) / mask_tensor.sum(1, keepdim=True)[:, :, None]
+                shares = shares.cpu().numpy()
+                for row, i in enumerate(batch):
+                    contributions.append((int(i), shares[row, : lengths[i]]))
             asked = [(row, q) for row, i in enumerate(batch) for q in by_chunk.get(int(i), ())]
             if asked:
                 rows = torch.tensor([row for row, _ in asked], dtype=torch.long)
@@ -282,6 +296,9 @@ def forward_chunks(
                 span_order.extend(q for _, q in asked)
     inverse = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
     logits = {task: torch.cat(parts).cpu()[inverse] for task, parts in outputs.items()}
+    if contributions is not None:
+        contributions.sort(key=lambda item: item[0])
+        contributions[:] = [shares for _, shares in contributions]
     span_logits = torch.empty(0, span_head)
     if span_parts:
         span_logits = torch.cat(span_parts).cpu()[torch.from_numpy(np.argsort(np.asarray(span_order), kind="stable"))]
@@ -332,6 +349,54 @@ def batched_span_logits(network: MultiHeadEncoder, tokenizer, inputs: Sequence, 
     if owners:
         out[torch.tensor(owners)] = span
     return out
+
+
+EVIDENCE_WORDS = 5
+# Function words carry a share of every sentence's representation and no evidence a reader can use.
+_FUNCTION_WORDS = frozenset("""a an the and or but of to in on at by for from with as is are was were be been being it
+its this that these those than then so if into over after before about up down out off has have had do does did
+will would can could may might shall should not no s amp via""".split())
+
+
+def evidence_words(text: str, tokens: list[str], offsets: list[tuple[int, int]], chunk_shares: list[np.ndarray],
+                   label: int, *, per_chunk: int, top_k: int = EVIDENCE_WORDS) -> list[list]:
+    """The words of ``text`` that pushed its prediction to ``label``, [[word, share], ...] strongest first.
+
+    The sentiment head reads the mean of the tokens' last hidden states, so its logit for a class is the sum
+    of every token's part (``forward_chunks`` ``contributions``, already weighted per chunk as the document's
+    probabilities are). A word's evidence is its pieces' part of ``label``'s logit less their mean part of the
+    other classes; shares are of the text's total absolute evidence, and only words pushing toward ``label``
+    are kept. Exact for the head, it says which tokens' representations carry the sentiment (after the
+    encoder's attention has mixed them), so ``bench/model_reports`` tests it by deleting the words.
+    """
+    piece_scores = np.zeros(len(tokens))
+    for chunk, shares in enumerate(chunk_shares):
+        body = shares[1:-1]  # [CLS] and [SEP] are not words
+        lo = chunk * per_chunk
+        n = min(len(body), len(tokens) - lo)
+        if n <= 0:
+            continue
+        other = np.delete(body[:n], label, axis=1).mean(1)
+        piece_scores[lo: lo + n] += body[:n, label] - other
+    words: list[tuple[int, int, float]] = []  # (start, end, score)
+    for index, (token, (start, end)) in enumerate(zip(tokens, offsets)):
+        if end <= start:
+            continue
+        if token.startswith("##") and words:
+            s, _, score = words[-1]
+            words[-1] = (s, end, score + piece_scores[index])
+        else:
+            words.append((start, end, piece_scores[index]))
+    total = sum(abs(score) for _, _, score in words) or 1.0
+    by_word: dict[str, list] = {}  # a word said twice counts once, with both parts
+    for start, end, score in words:
+        word = text[start:end]
+        if word.lower() in _FUNCTION_WORDS or not any(ch.isalnum() for ch in word):
+            continue
+        entry = by_word.setdefault(word.lower(), [word, 0.0])
+        entry[1] += score
+    ranked = sorted((entry for entry in by_word.values() if entry[1] > 0), key=lambda entry: -entry[1])
+    return [[word, round(float(score / total), 3)] for word, score in ranked[:top_k]]
 
 
 def span_queries(spans: list[tuple[int, int]], offsets: list[tuple[int, int]], *, first_chunk: int,
@@ -412,12 +477,14 @@ class Scorer:
         return cls(model=load_model(None if model_dir is None else Path(model_dir)), device=device,
                    max_chunks=max_chunks, token_budget=token_budget, batch_size=batch_size, precision=precision)
 
-    def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None) -> ScoreArrays:
-        """Scores aligned with ``texts``; non-str, blank or unreadable entries get status ``empty``."""
-        return self._score(texts, max_chunks=max_chunks).documents
+    def score_arrays(self, texts: Sequence[str | None], *, max_chunks: int | None = None,
+                     evidence: bool = False) -> ScoreArrays:
+        """Scores aligned with ``texts``; non-str, blank or unreadable entries get status ``empty``. With
+        ``evidence``, each text's evidence words too (``evidence_words``: no extra pass)."""
+        return self._score(texts, max_chunks=max_chunks, evidence=evidence).documents
 
     def score_documents(self, texts: Sequence[str | None], entities: Sequence[Sequence[Sequence[str]]], *,
-                        max_chunks: int | None = None) -> tuple[ScoreArrays, EntityArrays]:
+                        max_chunks: int | None = None, evidence: bool = False) -> tuple[ScoreArrays, EntityArrays]:
         """Each text's scores and the sentiment towards each entity it names, from one encoder pass per chunk.
 
         ``entities[i]`` lists the entities to read in ``texts[i]``, each as the names it goes by in text
@@ -430,19 +497,20 @@ class Scorer:
         if not has_entity_head(self):
             raise ValueError(f"model {self.version} has no entity head (labels {sorted(self.labels)})")
         if not self.network.reads_spans:
-            documents = self.score_arrays(texts, max_chunks=max_chunks)
+            documents = self.score_arrays(texts, max_chunks=max_chunks, evidence=evidence)
             flat_texts = [t for t, names in zip(texts, entities) for _ in names]
             flat_names = [next((n for n in e if n and n.strip()), None) for names in entities for e in names]
             from models.entity import score_pairs
 
             return documents, score_pairs(self, flat_texts, flat_names)
-        scored = self._score(texts, max_chunks=max_chunks, entities=entities)
+        scored = self._score(texts, max_chunks=max_chunks, entities=entities, evidence=evidence)
         return scored.documents, scored.entities
 
     def _score(self, texts: Sequence[str | None], *, max_chunks: int | None,
-               entities: Sequence[Sequence[Sequence[str]]] | None = None) -> _Scored:
+               entities: Sequence[Sequence[Sequence[str]]] | None = None, evidence: bool = False) -> _Scored:
         """Documents' scores, each head's full aggregated distribution (n x classes, NaN rows where empty) and,
-        with ``entities`` (``span`` models), the entities' scores read from the same passes."""
+        with ``entities`` (``span`` models), the entities' scores read from the same passes; with ``evidence``
+        each document's evidence words (``evidence_words``)."""
         max_chunks = self.max_chunks if max_chunks is None else int(max_chunks)
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be >= 1, not {max_chunks}")
@@ -468,7 +536,7 @@ class Scorer:
         candidates = [i for i, t in enumerate(cleaned) if t]
         tokenizer = self.model.tokenizer
         split = word_pieces(tokenizer, [cleaned[i] for i in candidates], max_length=self.max_length,
-                            max_chunks=max_chunks, offsets=entities is not None)
+                            max_chunks=max_chunks, offsets=entities is not None or evidence)
         pieces, truncated = split[0], split[1]
         # A text of only characters the tokenizer drops (zero-width spaces, control characters)
         # has nothing for the model to read: empty, like a blank one.
@@ -496,9 +564,11 @@ class Scorer:
                     first, last = entity_offset[text_index], entity_offset[text_index + 1]
                     entity_result.status[first:last] = STATUS_NOT_FOUND
                     entity_result.truncated[first:last] = bool(truncated[candidates.index(text_index)])
+        contributions: list | None = [] if evidence else None
         logits, span_logits = forward_chunks(self.network, chunks.ids, pad_id=tokenizer.pad_token_id,
                                              token_budget=self.token_budget, device=self.device,
-                                             autocast=self.autocast_dtype, max_rows=self.batch_size, queries=queries)
+                                             autocast=self.autocast_dtype, max_rows=self.batch_size, queries=queries,
+                                             contributions=contributions)
         self.passes += len(chunks.ids)
         probs = {}
         for task, value in logits.items():
@@ -518,6 +588,15 @@ class Scorer:
             distributions[task][keep] = values
         if queries:
             self._fill_entities(entity_result, span_logits, queries, owners)
+        if evidence:
+            predicted = probs["sentiment"].argmax(1)
+            for position, k in enumerate(readable):
+                first = int(starts[position])
+                shares = contributions[first: first + int(chunks.n_chunks[position])]
+                weights = chunks.weight[first: first + int(chunks.n_chunks[position])]
+                result.evidence[candidates[k]] = evidence_words(
+                    cleaned[candidates[k]], tokenizer.convert_ids_to_tokens(pieces[k]), split[2][k],
+                    [w * c for w, c in zip(weights, shares)], int(predicted[position]), per_chunk=self.max_length - 2)
         return _Scored(result, distributions, entity_result)
 
     def _fill_entities(self, result: EntityArrays, span_logits: torch.Tensor, queries: list[SpanQuery],

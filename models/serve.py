@@ -44,6 +44,7 @@ class ScoreRequest(BaseModel):
     # set: the texts' scores and the sentiment towards each entity text i names (entity_names[i], each entity
     # as the names it goes by), from one pass per chunk (``Scorer.score_documents``)
     entity_names: list[list[list[str]]] | None = None
+    evidence: bool = False  # also each text's evidence words (from the same pass)
 
     @model_validator(mode="after")
     def _entities_align(self) -> "ScoreRequest":
@@ -126,7 +127,8 @@ class ScorerAPI(ls.LitAPI):
                     continue
                 flat = [t for i in members for t in requests[i].texts]
                 docs, entities = self.scorer.score_documents(
-                    flat, [e for i in members for e in requests[i].entity_names], max_chunks=max_chunks)
+                    flat, [e for i in members for e in requests[i].entity_names], max_chunks=max_chunks,
+                    evidence=any(requests[i].evidence for i in members))
                 doc_offset = entity_offset = 0
                 for i in members:
                     n, m = len(requests[i].texts), sum(len(e) for e in requests[i].entity_names)
@@ -148,7 +150,8 @@ class ScorerAPI(ls.LitAPI):
                 chunks += len(arrays)
             for max_chunks, members in groups.items():
                 flat = [t for i in members for t in requests[i].texts]
-                arrays = self.scorer.score_arrays(flat, max_chunks=max_chunks)
+                arrays = self.scorer.score_arrays(flat, max_chunks=max_chunks,
+                                                  evidence=any(requests[i].evidence for i in members))
                 _answer(results, requests, members, arrays)
                 texts += len(flat)
                 ok += int((arrays.status == "ok").sum())

@@ -288,10 +288,13 @@ def calibration_command(json_out, plot, ood, ood_label_column, seed, val_fractio
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--random-draws", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--explainer", type=click.Choice(["integrated-gradients", "stream"]), default="integrated-gradients",
+              show_default=True, help="The evidence to test: `predict --explain`'s, or the stream's (what the pipeline stores).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @MODEL_OPTION
 @THREADS_OPTION
-def faithfulness_command(data_path, text_column, n_texts, top_k, random_draws, seed, json_out, model_dir, threads) -> None:
+def faithfulness_command(data_path, text_column, n_texts, top_k, random_draws, seed, explainer, json_out, model_dir,
+                         threads) -> None:
     """Delete the words --explain reports and re-score: how often the predicted class's probability falls, vs random words."""
     import pandas as pd
 
@@ -309,7 +312,11 @@ def faithfulness_command(data_path, text_column, n_texts, top_k, random_draws, s
     texts = pd.Series(texts).astype(str)
     texts = texts.sample(n=min(n_texts, len(texts)), random_state=seed).tolist()
     scorer = _load_scorer(model_dir, threads)
-    report = faithfulness_report(scorer, texts, top_k=top_k, random_draws=random_draws, seed=seed)
+    from models.evaluation.faithfulness import EXPLAINERS
+
+    report = faithfulness_report(scorer, texts, top_k=top_k, random_draws=random_draws, seed=seed,
+                                 explain_fn=EXPLAINERS[explainer])
+    report["explainer"] = explainer
     report["data"] = source
     for key in ("delete_top1_evidence", "delete_random_word", "delete_all_evidence", "delete_as_many_random_words"):
         r = report[key]

@@ -61,9 +61,20 @@ def random_spans(text: str, exclude: list[tuple[int, int]], n: int, rng: np.rand
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
+def stream_evidence(scorer, texts: list[str], *, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """The evidence the stream stores (``Scorer`` ``evidence=True``: the head's parts of the pass it ran anyway),
+    in the explainer's form, read from one chunk as the deletion test reads the texts."""
+    arrays = scorer.score_arrays(texts, max_chunks=1, evidence=True)
+    return [[(word, share) for word, share in (e or [])][:top_k] for e in arrays.evidence]
+
+
+EXPLAINERS = {"integrated-gradients": None, "stream": stream_evidence}  # None: models.explain.explain
+
+
 def faithfulness_report(scorer, texts: list[str], *, top_k: int = 5, random_draws: int = 3, seed: int = 0,
                         explain_fn=None) -> dict:
-    """Deletion test of the explainer on ``texts`` (see the module doc). ``explain_fn`` defaults to ``models.explain.explain``."""
+    """Deletion test of the explainer on ``texts`` (see the module doc). ``explain_fn`` defaults to ``models.explain.explain``
+    (integrated gradients, what ``predict --explain`` reports); ``stream_evidence`` is what the pipeline stores."""
     if explain_fn is None:
         from models.explain import explain as explain_fn
 

@@ -132,3 +132,25 @@ def test_the_shipped_entity_head_beats_copying_the_document_label_on_held_out_mi
     test = entity_splits(seed=13)[1]
     report = entity_eval(shipped_scorer, test[test["mixed"]])
     assert report["entity_head"]["all"]["accuracy"] > report["copy_document_label"]["all"]["accuracy"] + 0.1
+
+
+def test_evidence_words_come_from_the_same_pass_and_push_toward_the_label(shipped_scorer):
+    texts = ["Apple shares plunge after a disastrous quarter and weak guidance", "Tesla beats estimates, stock soars",
+             "", "Profit warning: " + "the outlook darkens further " * 40]
+    before = shipped_scorer.passes
+    plain = shipped_scorer.score_arrays(texts)
+    passes = shipped_scorer.passes - before
+    scored = shipped_scorer.score_arrays(texts, evidence=True)
+    assert shipped_scorer.passes - before == 2 * passes  # no pass of its own
+    assert scored.sentiment.tolist() == plain.sentiment.tolist() and plain.evidence.tolist() == [None] * 4
+    negative = dict(scored.evidence[0])
+    assert {"plunge", "disastrous", "weak"} <= set(negative) and not {"a", "and", "after"} & set(negative)
+    assert {"soars", "beats"} <= set(dict(scored.evidence[1]))
+    assert scored.evidence[2] is None
+    for evidence in scored.evidence[[0, 1, 3]]:
+        shares = [share for _, share in evidence]
+        assert 0 < len(evidence) <= 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+        assert all(isinstance(word, str) and isinstance(share, float) for word, share in evidence)
+    # a word said forty times is one word; read across all four chunks of the long text
+    long_words = [word for word, _ in scored.evidence[3]]
+    assert len(long_words) == len(set(w.lower() for w in long_words))
