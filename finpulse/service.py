@@ -237,14 +237,24 @@ def stop_pid(process: ProcessIdentity | int, *, timeout: float = 30.0) -> None:
     identity = process if isinstance(process, ProcessIdentity) else ProcessIdentity.of(process)
     if identity is None or not _signal(identity, signal.SIGTERM):
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not identity.is_running():
-            _reap(identity.pid)
-            return
-        time.sleep(0.2)
+    if _wait_gone(identity, timeout):
+        return
     if _signal(identity, signal.SIGKILL):
+        _wait_gone(identity, 10.0)
+
+
+def _wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
+    """Wait until the process has exited: not merely tearing down (its cmdline already reads empty
+    then, while its pid still stands for it), but gone, a zombie, or its pid another process's."""
+    deadline = time.monotonic() + timeout
+    while True:
         _reap(identity.pid)
+        current = ProcessIdentity.of(identity.pid)
+        if current is None or current.start_ticks != identity.start_ticks:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _signal(identity: ProcessIdentity, signum: int) -> bool:

@@ -169,7 +169,7 @@ def test_service_with_the_shipped_rules_runs_on_an_empty_table(alert_settings, t
         status = subprocess.run([sys.executable, "-m", "finpulse", "alerts", "status"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert "running" in status.stdout and "leader" in status.stdout
-        pid = int((tmp_path / "alerts" / "alerts.pid").read_text())
+        pid = json.loads((tmp_path / "alerts" / "alerts.pid").read_text())["pid"]
         figures = json.loads(subprocess.run([sys.executable, "-m", "finpulse", "alerts", "status", "--json"], env=env,
                                             capture_output=True, text=True, timeout=60).stdout)
         assert figures["service"]["running"] and figures["service"]["pid"] == pid

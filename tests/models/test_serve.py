@@ -36,7 +36,8 @@ def _start_server(tmp_path_factory, *extra: str) -> tuple[subprocess.Popen, str]
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(FINPULSE), "model", "serve", "--device", "cpu", "--port", str(port), "--threads", "2", *extra],
+            [str(FINPULSE), "model", "serve", "--device", "cpu", "--port", str(port), "--threads", "2",
+             "--precision", "fp32", *extra],  # the in-process reference (shipped_scorer) is fp32
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -250,7 +251,7 @@ def test_remote_pairs_equal_in_process_pairs_and_batch_with_texts(entity_server)
     from models.scorer import Scorer
 
     url, model = entity_server
-    local = Scorer.load(model, device="cpu").score_pairs(*PAIRS)
+    local = Scorer.load(model, device="cpu", precision="fp32").score_pairs(*PAIRS)
     with RemoteScorer(url) as remote:
         assert "entity" in remote.labels
         # a pairs request and a texts request in flight together (one server batch): each gets its own answer

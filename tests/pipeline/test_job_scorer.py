@@ -35,7 +35,8 @@ def _start_server(port: int, log) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "finpulse", "model", "serve", "--device", "cpu", "--port", str(port),
-                                 "--threads", "1"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 "--threads", "1", "--precision", "fp32"],  # as the in-process reference
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -45,10 +45,17 @@ def spark(stack, spark_log):
         .config("spark.jars", ",".join(spark_jars(stack)))
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={config}")
         .getOrCreate()
     )
+    # Reconfigured in the running JVM, not through spark.driver.extraJavaOptions: earlier tests in this
+    # pytest process have started the one driver JVM PySpark keeps, and those options only reach a new one.
+    jvm = session._jvm
+    configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+    configurator.reconfigure(jvm.java.net.URI(config.as_uri()))
     yield session
+    defaults = jvm.java.lang.Thread.currentThread().getContextClassLoader().getResource(
+        "org/apache/spark/log4j2-defaults.properties")
+    configurator.reconfigure(defaults.toURI())  # the console logging Spark starts with, for later tests
     session.stop()
 
 

@@ -35,7 +35,7 @@ def test_tiny_training_writes_a_loadable_folder(tiny_model):
     assert config["metrics"]["validation"]["sentiment"]["macro_f1"] == result.metrics["sentiment"]["macro_f1"]
     assert result.version.startswith("finpulse-minilm-lora-")
     # Loadable means: the Scorer loads it and reproduces what training measured on validation.
-    scorer = Scorer.load(result.out, device="cpu", max_chunks=1)
+    scorer = Scorer.load(result.out, device="cpu", max_chunks=1, precision="fp32")
     assert scorer.version == result.version and scorer.max_length == 32
     arrays = scorer.score_arrays(sentiment.val["text"].tolist())
     assert (arrays.status == "ok").all()
@@ -67,7 +67,7 @@ def test_full_mode_training_writes_an_encoder_the_scorer_loads(tmp_path):
     loaded = load_model(tmp_path)
     for name, value in loaded.network.encoder.state_dict().items():
         assert torch.equal(value, saved[name].float()), name
-    arrays = Scorer.load(tmp_path, device="cpu").score_arrays(["Shares plunge", "Gold hits a record"])
+    arrays = Scorer.load(tmp_path, device="cpu", precision="fp32").score_arrays(["Shares plunge", "Gold hits a record"])
     assert arrays.status.tolist() == ["ok", "ok"] and arrays.model_version == result.version
 
 
@@ -106,5 +106,5 @@ def test_checkpoint_averaging_writes_the_mean_of_the_last_evaluations(tmp_path, 
     got = load_file(averaged / HEADS_FILE)
     for name, value in got.items():
         torch.testing.assert_close(value, (states[0][f"heads.{name}"] + states[1][f"heads.{name}"]) / 2)
-    scorer = Scorer.load(averaged, device="cpu")
+    scorer = Scorer.load(averaged, device="cpu", precision="fp32")
     assert scorer.version != result.version and scorer.score_arrays(["Shares plunge"]).status.tolist() == ["ok"]

@@ -65,7 +65,7 @@ def test_score_pairs_reads_a_pair_the_way_training_did(issue10_model, data):
     and the marks matter to this model (unmarked pairs score differently)."""
     from models.entity import pair_texts
 
-    scorer = Scorer.load(issue10_model.out, device="cpu")
+    scorer = Scorer.load(issue10_model.out, device="cpu", precision="fp32")
     assert scorer.entity_input == {"mark": True, "pooling": "segment"}
     val = data[2].val
     arrays = scorer.score_pairs(val["title"].tolist(), val["entity"].tolist())
@@ -78,7 +78,7 @@ def test_score_pairs_reads_a_pair_the_way_training_did(issue10_model, data):
 
 
 def test_score_pairs_on_the_trained_model(issue10_model, data):
-    scorer = Scorer.load(issue10_model.out, device="cpu")
+    scorer = Scorer.load(issue10_model.out, device="cpu", precision="fp32")
     texts = ["Gold shines on seasonal demand; Silver dull", "Gold shines on seasonal demand; Silver dull", "", "x"]
     arrays = scorer.score_pairs(texts, ["Gold", "Silver", "Gold", None])
     assert arrays.status.tolist() == ["ok", "ok", "empty", "empty"]
@@ -129,7 +129,7 @@ def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, 
     sign = np.where(comments["label"] == "bullish", 1.0, -1.0)
 
     def signed_margin(model_dir):
-        scorer = Scorer.load(model_dir, device="cpu")
+        scorer = Scorer.load(model_dir, device="cpu", precision="fp32")
         distributions, _ = scorer.probabilities(comments["text"].tolist(), max_chunks=1)
         p = distributions["sentiment"]
         return float(np.nanmean(sign * (np.log(p[:, 2]) - np.log(p[:, 0]))))
@@ -142,7 +142,7 @@ def test_calibration_covers_the_entity_head_on_validation_and_test_pairs(issue10
     from models.evaluation.calibration import calibration_report
 
     split, test = entity_splits(seed=13)
-    report = calibration_report(Scorer.load(issue10_model.out, device="cpu"))
+    report = calibration_report(Scorer.load(issue10_model.out, device="cpu", precision="fp32"))
     assert set(report["validation"]) == {"sentiment", "topic", "entity"}
     assert report["validation"]["entity"]["n"] == len(split.val) and report["test"]["entity"]["n"] == len(test)
     entity_t = json.loads((issue10_model.out / "config.json").read_text())["temperature"]["entity"]
@@ -170,10 +170,10 @@ def test_distillation_pulls_the_student_towards_the_teacher(issue10_model, data,
     assert config["train"]["teacher_version"] == issue10_model.version
 
     texts = comments["text"].tolist()
-    target, _ = Scorer.load(issue10_model.out, device="cpu").probabilities(texts, max_chunks=1)
+    target, _ = Scorer.load(issue10_model.out, device="cpu", precision="fp32").probabilities(texts, max_chunks=1)
 
     def divergence(model_dir):
-        probs, _ = Scorer.load(model_dir, device="cpu").probabilities(texts, max_chunks=1)
+        probs, _ = Scorer.load(model_dir, device="cpu", precision="fp32").probabilities(texts, max_chunks=1)
         import torch
 
         return float(distill_loss(torch.log(torch.from_numpy(probs["sentiment"])), torch.from_numpy(target["sentiment"])))
