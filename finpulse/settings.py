@@ -159,6 +159,10 @@ class Settings(BaseSettings):
         False, description="Let the `webhook` receiver send unsigned while FINPULSE_ALERTS_WEBHOOK_SECRET is unset "
                            "(otherwise the service refuses to start)."
     )
+    pipeline_metrics_port: int = Field(
+        9110, ge=0, le=65535, description="Port of the streaming job's Prometheus /metrics (`pipeline run`); 0 = off."
+    )
+    pipeline_metrics_host: str = Field("127.0.0.1", description="Address the streaming job's /metrics listens on.")
     alerts_metrics_port: int = Field(
         9109, ge=0, le=65535, description="Port of the alert service's Prometheus /metrics; 0 = off."
     )

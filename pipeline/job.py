@@ -203,7 +203,11 @@ class PipelineJob:
         self._logged_batches: set[int] = set()
         self.slots = 1
         self._last_warm: float | None = None  # when the Python workers last loaded or used the model
+        from pipeline.metrics import PipelineMetrics
+
+        self.metrics = PipelineMetrics()  # served by `pipeline run` (pipeline.cli), updated per committed batch
         self._warm_config = None
+        self._spark = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -299,6 +303,7 @@ class PipelineJob:
         o = self.options
         own_spark = spark is None
         spark = spark or build_spark(self.settings, master=o.master)
+        self._spark = spark  # PySpark's StreamingQuery has no handle on its session; keep-warm needs one
         config = self._processor_config()
         processor = make_processor(config)
         self.slots = task_slots(spark)
@@ -396,7 +401,7 @@ class PipelineJob:
             if not stop and not in_batch and self._warm_config is not None:
                 last_used = max(self.state.last_activity, self._last_warm or 0.0)
                 if time.monotonic() - last_used >= WARM_EVERY_S:
-                    self._warm_workers(query.sparkSession, self._warm_config)
+                    self._warm_workers(self._spark, self._warm_config)
             if not stop and idle is not None and not in_batch and quiet_for >= idle:
                 # Idle means nothing left to read, not merely "no batch lately": Spark can take
                 # longer than S to plan its first batch.
@@ -455,6 +460,7 @@ class PipelineJob:
                 report.get("n_duplicates", 0), report["wall_s"], "?" if lag is None else lag,
                 " (already committed: skipped)" if report.get("skipped") else "",
             )
+            self.metrics.observe_batch(report, lag)
             committed = batch_end_offsets(progress)
             with self.state.lock:
                 totals = self.state.totals

@@ -30,6 +30,7 @@ TEST_ENV = {
     "FINPULSE_KAFKA_PORT": str(TEST_KAFKA_PORT),
     "FINPULSE_KAFKA_CONTROLLER_PORT": str(TEST_KAFKA_PORT + 1),
     "FINPULSE_POSTGRES_PORT": str(TEST_POSTGRES_PORT),
+    "FINPULSE_PIPELINE_METRICS_PORT": "0",  # a test that scrapes the job's /metrics gives it a free port
 }
 # The operator's own external services and Kafka security settings must not leak into the tests.
 for _key in [k for k in os.environ if k in ("FINPULSE_DATABASE_URL", "FINPULSE_KAFKA_BOOTSTRAP")

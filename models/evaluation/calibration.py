@@ -31,6 +31,21 @@ def head_logits(scorer, texts: list[str], task: str) -> torch.Tensor:
     return logits[task]
 
 
+def entity_logits(scorer, frame) -> torch.Tensor:
+    """Uncalibrated entity-head logits of each (``entity``, ``title``) row, read the way training's validation
+    reads them: a ``span`` head from the headline's own pass, the others from the (entity, text) pair."""
+    from models.entity import ENTITY_TASK, pair_texts
+
+    mark = scorer.entity_input["mark"]
+    if scorer.entity_input.get("pooling") == "span":
+        from models.scorer import batched_span_logits
+        from models.training.train import entity_span_inputs
+
+        return batched_span_logits(scorer.network, scorer.model.tokenizer, entity_span_inputs(frame, mark=mark),
+                                   max_length=scorer.max_length, batch_size=128, device=scorer.device, bf16=scorer.bf16)
+    return head_logits(scorer, pair_texts(frame, mark=mark), ENTITY_TASK)
+
+
 def reliability_bins(probs: np.ndarray, targets: np.ndarray, *, bins: int = BINS) -> list[dict]:
     """Per equal-width confidence bin: rows, mean confidence, accuracy (the bins ECE averages over)."""
     confidence = probs.max(1)
@@ -93,22 +108,19 @@ def calibration_report(scorer, *, seed: int = 13, val_fraction: float = 0.1,
         logits = head_logits(scorer, split.val["text"].tolist(), task)
         report["validation"][task] = head_calibration(logits, split.val["label"].tolist(), list(TASKS[task]),
                                                       shipped_temperature=float(scorer.temperature.get(task, 1.0)))
-    from models.entity import ENTITY_TASK, pair_texts
+    from models.entity import ENTITY_TASK
     from models.scorer import has_entity_head
     from models.training.entity_data import entity_splits
 
     if has_entity_head(scorer):
         # The entity head on its own pairs: validation (where its T was fit) and the held-out test rows.
         entity_split, entity_test = entity_splits(seed=seed, sentence_val_fraction=val_fraction)
-        mark = scorer.entity_input["mark"]
         names = list(scorer.labels[ENTITY_TASK])
         t_entity = float(scorer.temperature.get(ENTITY_TASK, 1.0))
         report["validation"][ENTITY_TASK] = head_calibration(
-            head_logits(scorer, pair_texts(entity_split.val, mark=mark), ENTITY_TASK), entity_split.val["label"].tolist(),
-            names, shipped_temperature=t_entity)
+            entity_logits(scorer, entity_split.val), entity_split.val["label"].tolist(), names, shipped_temperature=t_entity)
         report["test"] = {ENTITY_TASK: head_calibration(
-            head_logits(scorer, pair_texts(entity_test, mark=mark), ENTITY_TASK), entity_test["label"].tolist(),
-            names, shipped_temperature=t_entity)}
+            entity_logits(scorer, entity_test), entity_test["label"].tolist(), names, shipped_temperature=t_entity)}
     for name, (texts, labels) in (ood or {}).items():
         logits = head_logits(scorer, texts, "sentiment")
         report["out_of_domain"][name] = head_calibration(

@@ -58,8 +58,10 @@ import click
 @click.option("--distill-weight", type=float, default=1.0, show_default=True, help="Weight of the distillation loss (with --teacher).")
 @click.option("--entity-mark/--no-entity-mark", default=True, show_default=True,
               help="With --with-entities: wrap the entity's mentions in the text in « » so the encoder sees where it is named.")
-@click.option("--entity-pooling", type=click.Choice(["mean", "segment"]), default="mean", show_default=True,
-              help="With --with-entities: the entity head reads the all-token mean (mean) or that plus the entity's own word pieces (segment).")
+@click.option("--entity-pooling", type=click.Choice(["span", "mean", "segment"]), default="span", show_default=True,
+              help="With --with-entities: span = the entity head reads the text's own pass (the text's mean and its mentions' "
+                   "pieces: one encoder pass per document for every entity); mean / segment = a pass per (entity, text) "
+                   "pair, reading the all-token mean, or that plus the entity's own pieces.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,

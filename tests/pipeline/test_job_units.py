@@ -61,3 +61,36 @@ def test_pipeline_help_does_not_start_spark():
     assert out.returncode == 0, out.stderr
     for option in ("--trigger", "--max-offsets-per-trigger", "--until-idle", "--scorer", "--master", "--query-name"):
         assert option in out.stdout
+
+
+class _IdleQuery:
+    """A streaming query between batches, as PySpark's StreamingQuery looks to the job (no session handle);
+    it terminates at its third poll."""
+
+    def __init__(self):
+        self.polls = 0
+        self.recentProgress = []
+
+    def awaitTermination(self, timeout):  # noqa: N802 - PySpark's name
+        self.polls += 1
+        return self.polls >= 3
+
+    def exception(self):
+        return None
+
+
+def test_keep_warm_while_idle_uses_the_jobs_own_spark_session(settings, monkeypatch, tmp_path):
+    import time
+
+    import pipeline.job as job_module
+    from pipeline.job import PipelineJob
+
+    settings = settings.model_copy(update={"home": tmp_path})
+    job = PipelineJob(JobOptions.from_settings(settings, query_name="idle"), settings=settings)
+    warmed = []
+    monkeypatch.setattr(job_module, "WARM_EVERY_S", 0.0)
+    monkeypatch.setattr(job, "_warm_workers", lambda spark, config: warmed.append((spark, config)))
+    job._spark, job._warm_config = "the job's session", "config"
+    job.state.last_activity = time.monotonic() - 60
+    assert job._watch(_IdleQuery()) is None
+    assert warmed and all(w == ("the job's session", "config") for w in warmed)
