@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from datetime import datetime, timedelta, timezone
@@ -125,32 +126,102 @@ def validate(rules_path: Path | None) -> None:
 
 
 @cli.command("verify")
-@click.argument("body", type=click.File("rb"))
-@click.option("-H", "--header", "headers", multiple=True, required=True,
-              help="'name: value', at least webhook-id, webhook-timestamp and webhook-signature.")
+@click.argument("body", type=click.File("rb"), required=False)
+@click.option("-H", "--header", "headers", multiple=True,
+              help="'name: value' of the received request: webhook-id, webhook-timestamp and webhook-signature.")
+@click.option("--saved", "saved", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A webhook saved by the demo receiver ($FINPULSE_HOME/receivers/webhooks/*.json): body and "
+                   "headers come from it (instead of BODY and -H).")
 @click.option("--secret-env", default="FINPULSE_ALERTS_WEBHOOK_SECRET", show_default=True,
               help="Environment variable holding the whsec_ secret.")
-def verify_cmd(body, headers: tuple[str, ...], secret_env: str) -> None:
-    """Check a received webhook's Standard Webhooks signature (exit 0 if valid, 1 if not)."""
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File holding the secret; default when the variable is unset: the one `finpulse run` "
+                   "generated for the demo, $FINPULSE_HOME/demo/webhook-secret.")
+@click.option("--max-age", type=click.IntRange(min=1), default=None,
+              help="Also refuse a signature timestamp more than this many seconds away from now (what a live "
+                   "receiver does against replays; off by default, so a saved webhook can be checked later).")
+def verify_cmd(body, headers: tuple[str, ...], saved: Path | None, secret_env: str, secret_file: Path | None,
+               max_age: int | None) -> None:
+    """Check a received webhook's Standard Webhooks signature: prints ok (exit 0) or mismatch (exit 1).
+
+    The signature is recomputed with the function delivery signs with (alerts.notify.sign) over the
+    body, webhook-id and webhook-timestamp as received, and compared with each signature in
+    webhook-signature."""
+    import hmac
+    import time
+
+    from alerts.notify import sign
+
+    if saved is not None:
+        if body is not None or headers:
+            raise click.UsageError("give either --saved FILE or BODY with -H headers, not both")
+        try:
+            record = json.loads(saved.read_text())
+            raw = (base64.b64decode(record["body_base64"]) if record.get("body_base64")
+                   else record["body"].encode("utf-8"))
+            parsed = {str(k).lower(): str(v) for k, v in record["headers"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise click.ClickException(f"{saved} is not a webhook saved by the receiver ({type(exc).__name__})") from None
+    else:
+        if body is None:
+            raise click.UsageError("give BODY with -H headers, or --saved FILE")
+        raw = body.read()
+        parsed = {}
+        for h in headers:
+            name, sep, value = h.partition(":")
+            if not sep:
+                raise click.BadParameter(f"{h!r} is not 'name: value'", param_hint="-H")
+            parsed[name.strip().lower()] = value.strip()
+    secret, where = _verify_secret(secret_env, secret_file)
+
+    def mismatch(why: str) -> None:
+        click.echo(f"mismatch: {why}", err=True)
+        sys.exit(1)
+
+    missing = [h for h in ("webhook-id", "webhook-timestamp", "webhook-signature") if not parsed.get(h)]
+    if missing:
+        mismatch(f"no {', '.join(missing)} header")
+    try:
+        stamp = int(parsed["webhook-timestamp"])
+    except ValueError:
+        mismatch("webhook-timestamp is not a Unix time")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        mismatch("the body is not UTF-8 (finpulse signs JSON text)")
+    try:
+        expected = sign(secret, parsed["webhook-id"], text, datetime.fromtimestamp(stamp, timezone.utc))
+    except Exception as exc:  # noqa: BLE001 - a malformed secret: say so, never print it
+        raise click.ClickException(f"the secret from {where} cannot sign ({type(exc).__name__})") from None
+    received = parsed["webhook-signature"].split()
+    if not any(hmac.compare_digest(expected["webhook-signature"].encode(), r.encode()) for r in received):
+        mismatch(f"webhook-signature does not match the body and headers signed with the secret from {where}")
+    age = time.time() - stamp
+    if max_age is not None and abs(age) > max_age:
+        mismatch(f"the signature is valid but its timestamp is {age:.0f}s old (--max-age {max_age})")
+    click.echo(f"ok: {parsed['webhook-id']} signed with the secret from {where}, {age:.0f}s ago")
+
+
+def _verify_secret(secret_env: str, secret_file: Path | None) -> tuple[str, str]:
+    """(secret, where it came from): --secret-file, else the variable, else the demo's secret file."""
     import os
 
-    from alerts.notify import verify
+    from finpulse.inbox import demo_secret_file
 
-    secret = os.environ.get(secret_env)
-    if not secret:
-        raise click.ClickException(f"{secret_env} is not set")
-    parsed = {}
-    for h in headers:
-        name, sep, value = h.partition(":")
-        if not sep:
-            raise click.BadParameter(f"{h!r} is not 'name: value'")
-        parsed[name.strip().lower()] = value.strip()
+    if secret_file is None:
+        value = os.environ.get(secret_env)
+        if value:
+            return value.strip(), secret_env
+        secret_file = demo_secret_file(get_settings())
+        if not secret_file.exists():
+            raise click.ClickException(f"{secret_env} is not set and there is no demo secret at {secret_file}")
     try:
-        verify(secret, body.read(), parsed)
-    except Exception as exc:
-        click.echo(f"INVALID: {exc}", err=True)
-        sys.exit(1)
-    click.echo(f"valid: {parsed.get('webhook-id')}")
+        value = secret_file.read_text().strip()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {secret_file}: {exc.strerror or exc}") from None
+    if not value:
+        raise click.ClickException(f"{secret_file} is empty")
+    return value, str(secret_file)
 
 
 @cli.group("silence")

@@ -129,3 +129,31 @@ def read_inbox(settings: Settings, limit: int = 200) -> list[InboxItem]:
     far_past = datetime.min.replace(tzinfo=timezone.utc)
     items.sort(key=lambda i: (i.received_at or far_past, i.path.name), reverse=True)
     return items[:limit]
+
+
+# --- the demo's webhook signing secret ----------------------------------------------------------
+
+def demo_secret_file(settings: Settings) -> Path:
+    """Where ``finpulse run`` keeps the signing secret it gives the demo's alert service and webhook
+    receiver: under HOME (never in the repository), mode 600."""
+    return settings.home / "demo" / "webhook-secret"
+
+
+def demo_webhook_secret(settings: Settings, *, create: bool = False) -> str | None:
+    """The demo's ``whsec_`` secret; with ``create``, generated once (32 random bytes) into a file made
+    mode 600 from the start (``O_EXCL``: never readable by others, not even for a moment)."""
+    path = demo_secret_file(settings)
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another run made it meanwhile: use that one
+        return path.read_text().strip() or None
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret

@@ -23,6 +23,8 @@ __all__ = ["LocalStack", "StackError", "ComponentStatus", "spark_jars", "derived
 log = logging.getLogger("stack")
 # Services that read the embedded Kafka/Postgres (finpulse.service layout: HOME/<name>/<name>.pid).
 _SERVICES = ("pipeline", "alerts")
+# What `finpulse run` starts for the demo beside them; `stack down` stops these too (they hold ports).
+DEMO_SERVICES = ("dashboard", "receivers")
 
 
 def derived_state(settings: Settings, *, kafka: bool, postgres: bool) -> list[tuple[Path, str]]:
@@ -67,6 +69,7 @@ class LocalStack:
         if purge:
             self._refuse_purge_under_services()
         doomed = [(component, component.purge_paths()) for component in self.components] if purge else []
+        self.stop_demo_services()
         errors, failed = [], set()
         for component in reversed(self.components):
             try:
@@ -91,6 +94,17 @@ class LocalStack:
         if errors:
             raise StackError("; ".join(errors))
         return deleted
+
+    def stop_demo_services(self) -> list[str]:
+        """Stop the dashboard and the demo receivers if they run (their pid files); returns the names stopped."""
+        from finpulse.service import ManagedService
+
+        stopped = []
+        for name in DEMO_SERVICES:
+            if ManagedService(name, [], settings=self.settings).stop(timeout=20):
+                log.info("stopped the %s service", name)
+                stopped.append(name)
+        return stopped
 
     def _refuse_purge_under_services(self) -> None:
         for name in _SERVICES:
