@@ -133,7 +133,8 @@ def _last_committed(query_name: str) -> dict[str, Any] | None:
         with engine.connect() as conn:
             row = conn.execute(sa.text(
                 "SELECT * FROM pipeline_batches WHERE query_name = :q AND status = 'committed' "
-                "ORDER BY batch_id DESC LIMIT 1"), {"q": query_name}).mappings().first()
+                # batch ids start again at 0 in each epoch (a new checkpoint): the newest by time
+                "ORDER BY finished_at DESC NULLS LAST, batch_id DESC LIMIT 1"), {"q": query_name}).mappings().first()
     finally:
         engine.dispose()
     if row is None:
@@ -182,6 +183,61 @@ def status_command(query_name: str | None, as_json: bool) -> None:
     if report.get("last_error"):
         click.echo(f"last error: {report['last_error']}")
     sys.exit(0 if service.running else 3)
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+@cli.command("reset")
+@click.option("--query-name", default=None, help="Default FINPULSE_PIPELINE_QUERY_NAME.")
+def reset_command(query_name: str | None) -> None:
+    """Delete the query's Spark checkpoint (and progress file), so the next start begins a new epoch.
+
+    Refuses while the pipeline service runs (stop it first: `finpulse pipeline stop`), and while
+    a foreground `finpulse pipeline run` of the query is alive. Postgres keeps every row. The next
+    start gets a new streaming query id, re-reads the topics from the earliest offsets Kafka still
+    holds and writes every batch again: safe, because every write is an idempotent upsert keyed by
+    natural ids and windows are recomputed from stored rows (nothing doubles, nothing is skipped).
+    """
+    import shutil
+
+    from pipeline.job import JobError, JobOptions, checkpoint_query_id
+
+    settings = _settings()
+    try:
+        options = JobOptions.from_settings(settings, query_name=query_name)
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    service = _service().status()
+    if service.running:
+        raise click.ClickException(f"the pipeline service is running (pid {service.pid}); stop it first with "
+                                   "`finpulse pipeline stop`, then reset")
+    progress_path = _progress_file(options.query_name)
+    progress = _read_json(progress_path)
+    if progress.get("state") in ("running", "failed") and progress.get("pid") and _pid_alive(progress["pid"]):
+        raise click.ClickException(f"pipeline {options.query_name} is running in the foreground (pid "
+                                   f"{progress['pid']}, {progress_path}); stop it first, then reset")
+    checkpoint = options.checkpoint
+    if checkpoint.exists():
+        query_id = checkpoint_query_id(checkpoint)
+        shutil.rmtree(checkpoint)
+        click.echo(f"pipeline {options.query_name}: deleted the checkpoint {checkpoint}"
+                   + (f" (query id {query_id})" if query_id else ""))
+    else:
+        click.echo(f"pipeline {options.query_name}: no checkpoint at {checkpoint}; nothing to delete")
+    if progress_path.exists():
+        progress_path.unlink()
+        click.echo(f"pipeline {options.query_name}: deleted the progress file {progress_path}")
+    click.echo("Postgres keeps every row. The next start begins a new epoch (a new query id): it re-reads the topics "
+               "from the earliest offsets Kafka holds and writes every batch again, which is safe because every "
+               "write is an idempotent upsert and windows are recomputed from stored rows.")
 
 
 def _utc(value: str, name: str) -> datetime:

@@ -3,8 +3,19 @@
 :meth:`PostgresSink.write_batch` writes, in ONE transaction: documents, their scores, their
 rule-linked entities, dead letters, the recomputed trend windows (:mod:`pipeline.windows`) and
 the ``pipeline_batches`` row that marks the batch committed. Either all of it is visible or
-none of it, and a batch id already committed for the query changes nothing, so Spark's
-at-least-once replay of a batch is harmless.
+none of it, and a batch already committed changes nothing, so Spark's at-least-once replay of a
+batch is harmless.
+
+Which batch: Spark numbers micro-batches per checkpoint, so a batch is (query name, query id,
+batch id), the query id being the streaming query's ``id`` that Spark keeps in the checkpoint's
+``metadata`` file (a new checkpoint gets a new id; Delta Lake's txnAppId + txnVersion). A lost or
+deleted checkpoint therefore starts a new *epoch*: its batch 0 is not the old batch 0, and it is
+written (one log line says so: the earlier epochs' offsets and where this one starts). The new
+epoch re-reads what Kafka still holds; every write is an idempotent upsert keyed by natural ids and
+windows are recomputed from stored rows, so the re-read doubles nothing and skips nothing. Each
+batch's offsets (first and last per topic and partition) are stored too: a batch id already
+committed under the same query id but with other offsets is a mismatch (the checkpoint and
+Postgres disagree); it is logged and the batch is written rather than skipped, for the same reason.
 
 Keys are deduplicated in Python before ``ON CONFLICT`` (Postgres refuses to update one row
 twice in one statement, and a replayed Kafka message can sit twice in one batch): per document
@@ -59,6 +70,9 @@ class BatchReport:
 
     batch_id: int
     skipped: bool
+    query_id: str = ""
+    new_epoch: bool = False       # the first batch of a query id while earlier query ids committed batches
+    offsets_mismatch: bool = False  # committed before under this query id with other offsets: written again
     n_input: int = 0
     n_documents: int = 0      # distinct documents written (after in-batch dedupe)
     n_scored: int = 0         # document rows in the input (each one was scored)
@@ -187,17 +201,41 @@ ON CONFLICT (stage, source_topic, source_partition, source_offset) WHERE source_
 """
 
 _BATCH_UPSERT = """
-INSERT INTO pipeline_batches (query_name, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
+INSERT INTO pipeline_batches (query_name, query_id, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
                               started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer)
-VALUES (%(query_name)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
+VALUES (%(query_name)s, %(query_id)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
         %(model_version)s, %(started_at)s, now(), %(n_late)s, %(n_duplicates)s, %(max_event_time)s,
         %(duration_ms)s, %(scorer)s)
-ON CONFLICT (query_name, batch_id) DO UPDATE SET
+ON CONFLICT (query_name, query_id, batch_id) DO UPDATE SET
     status = 'committed', n_input = EXCLUDED.n_input, n_scored = EXCLUDED.n_scored, n_dead = EXCLUDED.n_dead,
     offsets = EXCLUDED.offsets, model_version = EXCLUDED.model_version, started_at = EXCLUDED.started_at,
     finished_at = now(), n_late = EXCLUDED.n_late, n_duplicates = EXCLUDED.n_duplicates,
     max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer
 """
+
+
+# Where the earlier epochs of a query name got to: the highest committed offset per topic and partition.
+_EARLIER_EPOCHS = """
+SELECT count(DISTINCT b.query_id), count(DISTINCT (b.query_id, b.batch_id)), o.topic, p.part,
+       max((p.range ->> 1)::bigint)
+FROM pipeline_batches b
+LEFT JOIN LATERAL jsonb_each(coalesce(b.offsets, '{}'::jsonb)) o(topic, parts) ON true
+LEFT JOIN LATERAL jsonb_each(o.parts) p(part, range) ON true
+WHERE b.query_name = %s AND b.query_id <> %s AND b.status = 'committed'
+GROUP BY GROUPING SETS ((), (o.topic, p.part))
+"""
+
+
+def _normal_offsets(value) -> dict[str, dict[str, list[int]]]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {str(t): {str(p): [int(x) for x in r] for p, r in (parts or {}).items()}
+            for t, parts in (value or {}).items()}
+
+
+def _offsets_text(offsets: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{topic} " + ",".join(f"{p}:{r}" for p, r in sorted(parts.items(), key=lambda kv: int(kv[0])))
+                     for topic, parts in sorted(offsets.items())) or "none"
 
 
 def _bytes(value) -> bytes | None:
@@ -256,7 +294,7 @@ def _bool(value) -> bool | None:
 
 
 class PostgresSink:
-    """Writes processed micro-batches to Postgres, exactly once per (query_name, batch_id)."""
+    """Writes processed micro-batches to Postgres, exactly once per (query_name, query_id, batch_id)."""
 
     def __init__(self, engine: Engine, *, query_name: str,
                  widths: Sequence[timedelta] | str = windows.DEFAULT_WIDTHS,
@@ -280,19 +318,61 @@ class PostgresSink:
 
     # -- the batch ----------------------------------------------------------------------------
 
-    def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime) -> BatchReport:
-        """Write one micro-batch in one transaction; a batch id already committed is skipped.
+    def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime,
+                    query_id: str = "") -> BatchReport:
+        """Write one micro-batch in one transaction; a batch already committed (same query id, batch id and
+        offsets) is skipped.
 
-        Documents Postgres refuses are dead-lettered (see the module docstring), never retried for ever.
+        ``query_id``: the streaming query's id (its checkpoint's identity, ``pipeline.job.checkpoint_query_id``);
+        ``''`` for callers without a checkpoint. Documents Postgres refuses are dead-lettered (see the module
+        docstring), never retried for ever.
         """
         frame = to_frame(rows)
+        kwargs = {"scorer_name": scorer_name, "started_at": started_at, "query_id": query_id or ""}
         try:
-            return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+            return self._write_batch(batch_id, frame, **kwargs)
         except STORAGE_ERRORS as exc:
             log.warning("batch %s of %s: Postgres refused a row (%s); probing its documents one by one",
                         batch_id, self.query_name, _pg_error(exc))
         frame = self.quarantine(frame, batch_id)
-        return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+        return self._write_batch(batch_id, frame, **kwargs)
+
+    def _check_ledger(self, cur, batch_id: int, query_id: str, offsets: dict, report: BatchReport) -> bool:
+        """True when this batch is already committed (skip it). Logs a new epoch or an offsets mismatch."""
+        cur.execute("SELECT status, offsets FROM pipeline_batches WHERE query_name = %s AND query_id = %s "
+                    "AND batch_id = %s", (self.query_name, query_id, batch_id))
+        found = cur.fetchone()
+        if found is not None and found[0] == "committed":
+            committed = _normal_offsets(found[1])
+            if committed == _normal_offsets(offsets):
+                return True
+            report.offsets_mismatch = True
+            log.warning("batch %s of %s (query id %s) was committed with offsets %s but now reads %s: the "
+                        "checkpoint and Postgres disagree; writing it again (every write is an idempotent upsert)",
+                        batch_id, self.query_name, query_id or "''", _offsets_text(committed), _offsets_text(offsets))
+            return False
+        cur.execute("SELECT 1 FROM pipeline_batches WHERE query_name = %s AND query_id = %s LIMIT 1",
+                    (self.query_name, query_id))
+        if cur.fetchone() is not None:
+            return False
+        earlier: dict[str, dict[str, int]] = {}
+        n_ids = n_batches = 0
+        cur.execute(_EARLIER_EPOCHS, (self.query_name, query_id))
+        for ids, batches, topic, part, high in cur.fetchall():
+            if topic is None and part is None:
+                n_ids, n_batches = int(ids), int(batches)
+            elif topic is not None and part is not None and high is not None:
+                earlier.setdefault(topic, {})[part] = int(high)
+        if n_ids == 0:
+            return False
+        report.new_epoch = True
+        starts = {t: {p: r[0] for p, r in parts.items()} for t, parts in offsets.items()}
+        log.warning("pipeline %s: new checkpoint (query id %s, epoch %d): Postgres holds %d committed batch(es) of "
+                    "%d earlier checkpoint(s), up to offsets %s, and this one starts at %s; it re-reads what Kafka "
+                    "still holds, which is safe: every write is an idempotent upsert by natural ids and windows are "
+                    "recomputed from stored rows", self.query_name, query_id or "''", n_ids + 1, n_batches, n_ids,
+                    _offsets_text(earlier), _offsets_text(starts))
+        return False
 
     def quarantine(self, frame: pd.DataFrame, batch_id: int) -> pd.DataFrame:
         """``frame`` with each document row Postgres refuses on its own replaced by a ``storage`` dead letter."""
@@ -333,7 +413,7 @@ class PostgresSink:
         return pd.DataFrame(records, columns=frame.columns)
 
     def _write_batch(self, batch_id: int, frame: pd.DataFrame, *, scorer_name: str,
-                     started_at: datetime) -> BatchReport:
+                     started_at: datetime, query_id: str) -> BatchReport:
         t0 = time.monotonic()
         docs = frame[frame["row_type"] == ROW_DOCUMENT]
         dls = frame[frame["row_type"] == ROW_DEAD_LETTER]
@@ -343,8 +423,10 @@ class PostgresSink:
         n_scored = len(docs)
         docs, dup_docs = dedupe_documents(docs)
         dls, dup_dls = dedupe_dead_letters(dls)
-        report = BatchReport(batch_id=batch_id, skipped=False, n_input=len(frame), n_documents=len(docs),
-                             n_scored=n_scored, n_dead=len(dls), n_duplicates=dup_docs + dup_dls)
+        report = BatchReport(batch_id=batch_id, skipped=False, query_id=query_id, n_input=len(frame),
+                             n_documents=len(docs), n_scored=n_scored, n_dead=len(dls),
+                             n_duplicates=dup_docs + dup_dls)
+        offsets = offsets_summary(frame)
         published = [_utc(v) for v in docs["published_at"]]
         ids = [str(v) for v in docs["id"]]
         model_versions = sorted({str(v) for v in docs["model_version"]})
@@ -353,13 +435,10 @@ class PostgresSink:
         try:
             with raw.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, self.query_name))
-                cur.execute("SELECT status FROM pipeline_batches WHERE query_name = %s AND batch_id = %s",
-                            (self.query_name, batch_id))
-                found = cur.fetchone()
-                if found is not None and found[0] == "committed":
+                if self._check_ledger(cur, batch_id, query_id, offsets, report):
                     raw.rollback()
                     log.info("batch %s of %s already committed; skipped", batch_id, self.query_name)
-                    return BatchReport(batch_id=batch_id, skipped=True, n_input=len(frame),
+                    return BatchReport(batch_id=batch_id, skipped=True, query_id=query_id, n_input=len(frame),
                                        duration_ms=int((time.monotonic() - t0) * 1000))
                 watermark = self.watermark(cur)
                 late = [watermark is not None and p < watermark for p in published]
@@ -382,9 +461,9 @@ class PostgresSink:
                 report.n_windows = windows.recompute(cur, widths=self.widths, batch_id=batch_id)
                 report.duration_ms = int((time.monotonic() - t0) * 1000)
                 cur.execute(_BATCH_UPSERT, {
-                    "query_name": self.query_name, "batch_id": batch_id, "n_input": report.n_input,
-                    "n_scored": report.n_scored, "n_dead": report.n_dead,
-                    "offsets": Json(offsets_summary(frame)), "model_version": ",".join(model_versions) or None,
+                    "query_name": self.query_name, "query_id": query_id, "batch_id": batch_id,
+                    "n_input": report.n_input, "n_scored": report.n_scored, "n_dead": report.n_dead,
+                    "offsets": Json(offsets), "model_version": ",".join(model_versions) or None,
                     "started_at": started_at, "n_late": report.n_late, "n_duplicates": report.n_duplicates,
                     "max_event_time": report.max_event_time, "duration_ms": report.duration_ms,
                     "scorer": scorer_name,

@@ -116,8 +116,9 @@ def test_replaying_a_committed_batch_changes_nothing_and_a_resent_document_count
     first = write(sink, 0, rows)
     assert not first.skipped
     before = snapshot(engine)
-    # Spark replays batch 0 after a crash (even with other content, e.g. re-read offsets): nothing moves.
-    replay = write(sink, 0, rows + [doc_row("c", T0, offset=4)])
+    # Spark replays batch 0 after a crash (the same offsets from the same checkpoint): nothing moves.
+    # (Other offsets under the same batch id are a mismatch: test_a_batch_id_committed_with_other_offsets_...)
+    replay = write(sink, 0, rows)
     assert replay.skipped and replay.n_windows == 0
     assert snapshot(engine) == before
     # The producer re-sends "a" and the bad message is re-read in a later batch: counted once.
@@ -129,6 +130,47 @@ def test_replaying_a_committed_batch_changes_nothing_and_a_resent_document_count
     assert count(engine, "SELECT count(*) FROM dead_letters") == 1
     assert count(engine, "SELECT kafka_offset FROM documents WHERE id = 'a'") == 10
     assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'") == 2
+
+
+def test_a_new_query_id_is_a_new_epoch_whose_batch_0_is_written(engine, sink, caplog):
+    """Checkpoint lost: the new query id numbers its batches from 0 again; its records are new, not committed."""
+    first = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1)]), scorer_name="test",
+                             started_at=datetime.now(timezone.utc), query_id="old-checkpoint")
+    assert not first.skipped and not first.new_epoch
+    # The new checkpoint re-reads a and b and reads c: batch 0 again, under another query id.
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        again = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1),
+                                           doc_row("c", T0, offset=2)]), scorer_name="test",
+                                 started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert not again.skipped and again.new_epoch and again.query_id == "new-checkpoint"
+    lines = [r.getMessage() for r in caplog.records if "new checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "epoch 2" in lines[0] and "up to offsets docs 0:1," in lines[0] and "starts at docs 0:0;" in lines[0], lines
+    assert count(engine, "SELECT count(*) FROM documents") == 3
+    assert count(engine, "SELECT count(*) FROM document_scores") == 3
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+    assert _rows(engine, "SELECT query_id, batch_id FROM pipeline_batches ORDER BY query_id") == [
+        ("new-checkpoint", 0), ("old-checkpoint", 0)]
+    # The new epoch's replay of its own batch 0 is skipped; its next batch is no new epoch.
+    replay = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1),
+                                        doc_row("c", T0, offset=2)]), scorer_name="test",
+                              started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert replay.skipped
+    nxt = sink.write_batch(1, frame([doc_row("d", T0, offset=3)]), scorer_name="test",
+                           started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert not nxt.skipped and not nxt.new_epoch
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 4
+
+
+def test_a_batch_id_committed_with_other_offsets_is_a_mismatch_and_is_written(engine, sink, caplog):
+    write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2)])
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        report = write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2), doc_row("c", T0, offset=3)])
+    assert not report.skipped and report.offsets_mismatch and not report.new_epoch
+    assert [r for r in caplog.records if "checkpoint and Postgres disagree" in r.getMessage()]
+    assert count(engine, "SELECT count(*) FROM documents") == 3
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+    assert count(engine, "SELECT offsets->'docs'->'0' FROM pipeline_batches WHERE batch_id = 0")  == [1, 3]
+    assert count(engine, "SELECT count(*) FROM pipeline_batches") == 1
 
 
 def test_a_resent_document_with_a_new_time_and_tickers_leaves_its_old_windows(engine, sink):
