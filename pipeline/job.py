@@ -491,11 +491,14 @@ class PipelineJob:
             with self.state.lock:
                 self.state.reports[batch_id] = report
             seconds = max(report["wall_s"], 0.001)  # the whole batch: read, score, write
+            by_source = report.get("unsupported_by_source") or {}
             log.info(
-                "batch %d: %d input, %d scored (%.0f/s), %d dead letters, %d late, %d duplicates, "
-                "%.2fs, lag %s%s",
+                "batch %d: %d input, %d scored (%.0f/s), %d unsupported language%s, %d dead letters, %d late, "
+                "%d duplicates, %.2fs, lag %s%s",
                 batch_id, report.get("n_input", 0), report.get("n_scored", 0),
-                report.get("n_scored", 0) / seconds, report.get("n_dead", 0), report.get("n_late", 0),
+                report.get("n_scored", 0) / seconds, report.get("n_unsupported", 0),
+                " (" + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) + ")" if by_source else "",
+                report.get("n_dead", 0), report.get("n_late", 0),
                 report.get("n_duplicates", 0), report["wall_s"], "?" if lag is None else lag,
                 " (already committed: skipped)" if report.get("skipped") else
                 " (new epoch)" if report.get("new_epoch") else

@@ -43,7 +43,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -75,7 +75,9 @@ class BatchReport:
     offsets_mismatch: bool = False  # committed before under this query id with other offsets: written again
     n_input: int = 0
     n_documents: int = 0      # distinct documents written (after in-batch dedupe)
-    n_scored: int = 0         # document rows in the input (each one was scored)
+    n_scored: int = 0         # document rows in the input that were scored
+    n_unsupported: int = 0    # document rows not scored: the model does not read their language
+    unsupported_by_source: dict[str, int] = field(default_factory=dict)
     n_dead: int = 0           # distinct dead letters in the batch (already stored ones included)
     n_late: int = 0           # documents older than the watermark: stored, windows left to backfill
     n_duplicates: int = 0     # rows dropped by the in-batch dedupe (documents + dead letters)
@@ -171,7 +173,7 @@ ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_CO
 _DOC_TEMPLATE = "(" + ", ".join("%s::jsonb" if c == "extra" else "%s" for c in _DOC_COLUMNS) + ")"
 
 _SCORE_COLUMNS = ["document_id", "model_version", "published_at", "sentiment", "p_negative", "p_neutral",
-                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id"]
+                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id", "status"]
 _SCORE_UPSERT = f"""
 INSERT INTO document_scores ({", ".join(_SCORE_COLUMNS)}) VALUES %s
 ON CONFLICT (document_id, model_version) DO UPDATE SET
@@ -202,15 +204,17 @@ ON CONFLICT (stage, source_topic, source_partition, source_offset) WHERE source_
 
 _BATCH_UPSERT = """
 INSERT INTO pipeline_batches (query_name, query_id, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
-                              started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer)
+                              started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer,
+                              n_unsupported, unsupported_by_source)
 VALUES (%(query_name)s, %(query_id)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
         %(model_version)s, %(started_at)s, now(), %(n_late)s, %(n_duplicates)s, %(max_event_time)s,
-        %(duration_ms)s, %(scorer)s)
+        %(duration_ms)s, %(scorer)s, %(n_unsupported)s, %(unsupported_by_source)s)
 ON CONFLICT (query_name, query_id, batch_id) DO UPDATE SET
     status = 'committed', n_input = EXCLUDED.n_input, n_scored = EXCLUDED.n_scored, n_dead = EXCLUDED.n_dead,
     offsets = EXCLUDED.offsets, model_version = EXCLUDED.model_version, started_at = EXCLUDED.started_at,
     finished_at = now(), n_late = EXCLUDED.n_late, n_duplicates = EXCLUDED.n_duplicates,
-    max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer
+    max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer,
+    n_unsupported = EXCLUDED.n_unsupported, unsupported_by_source = EXCLUDED.unsupported_by_source
 """
 
 
@@ -420,12 +424,15 @@ class PostgresSink:
         bad = docs["model_version"].isna() | docs["id"].isna() | docs["published_at"].isna()
         if bad.any():
             raise ValueError(f"{int(bad.sum())} document rows lack id, published_at or model_version")
-        n_scored = len(docs)
+        unsupported = docs[docs["score_status"].fillna("ok") != "ok"]
+        n_scored = len(docs) - len(unsupported)
+        by_source = {str(k): int(v) for k, v in unsupported["source"].value_counts().sort_index().items()}
         docs, dup_docs = dedupe_documents(docs)
         dls, dup_dls = dedupe_dead_letters(dls)
         report = BatchReport(batch_id=batch_id, skipped=False, query_id=query_id, n_input=len(frame),
                              n_documents=len(docs), n_scored=n_scored, n_dead=len(dls),
-                             n_duplicates=dup_docs + dup_dls)
+                             n_duplicates=dup_docs + dup_dls, n_unsupported=len(unsupported),
+                             unsupported_by_source=by_source)
         offsets = offsets_summary(frame)
         published = [_utc(v) for v in docs["published_at"]]
         ids = [str(v) for v in docs["id"]]
@@ -466,7 +473,8 @@ class PostgresSink:
                     "offsets": Json(offsets), "model_version": ",".join(model_versions) or None,
                     "started_at": started_at, "n_late": report.n_late, "n_duplicates": report.n_duplicates,
                     "max_event_time": report.max_event_time, "duration_ms": report.duration_ms,
-                    "scorer": scorer_name,
+                    "scorer": scorer_name, "n_unsupported": report.n_unsupported,
+                    "unsupported_by_source": Json(report.unsupported_by_source),
                 })
             raw.commit()
         except BaseException:
@@ -504,7 +512,7 @@ class PostgresSink:
         values = [
             (row.id, row.model_version, pub, row.sentiment, _float(row.p_negative), _float(row.p_neutral),
              _float(row.p_positive), _none(row.topic), _float(row.topic_confidence), _int(row.n_chunks) or 1,
-             bool(_bool(row.truncated)), batch_id)
+             bool(_bool(row.truncated)), batch_id, _none(row.score_status) or "ok")
             for row, pub in zip(docs.itertuples(index=False), published)
         ]
         execute_values(cur, _SCORE_UPSERT, values, page_size=PAGE_SIZE)

@@ -297,3 +297,22 @@ def test_a_document_postgres_refuses_is_dead_lettered_and_the_batch_commits(engi
     assert payload["id"] == "bad" and payload["text"] == "evil" and payload["tickers"] == ["AAPL"]
     assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 1
     assert count(engine, "SELECT status FROM pipeline_batches WHERE batch_id = 0") == "committed"
+
+
+def test_an_unsupported_language_document_is_stored_unscored_and_in_no_window(engine, sink):
+    zh = doc_row("zh", T0, offset=2, source="weibo", tickers=["TSLA"], topic=None, text="特斯拉股价大跌")
+    zh.update(score_status="unsupported_language", detected_lang="zh", sentiment=None, p_negative=None,
+              p_neutral=None, p_positive=None, topic_confidence=None)
+    report = write(sink, 0, [doc_row("en", T0, offset=1, tickers=["TSLA"]), zh])
+    assert (report.n_scored, report.n_unsupported, report.unsupported_by_source) == (1, 1, {"weibo": 1})
+    assert _rows(engine, "SELECT document_id, status, sentiment, p_negative, p_neutral, p_positive FROM document_scores "
+                         "ORDER BY document_id") == [("en", "ok", "positive", 0.2, 0.3, 0.5),
+                                                     ("zh", "unsupported_language", None, None, None, None)]
+    assert count(engine, "SELECT count(*) FROM documents") == 2
+    assert count(engine, "SELECT count(*) FROM sentiment_windows WHERE key = 'weibo'") == 0
+    assert count(engine, "SELECT max(n_docs) FROM sentiment_windows WHERE dimension IN ('all', 'ticker')") == 1
+    assert _rows(engine, "SELECT n_scored, n_unsupported, unsupported_by_source FROM pipeline_batches") == [
+        (1, 1, {"weibo": 1})]
+    # The analysts' views give sentiment only where there is one.
+    assert count(engine, "SELECT count(*) FROM document_sentiment") == 1
+    assert count(engine, "SELECT status FROM document_detail WHERE id = 'zh'") == "unsupported_language"
