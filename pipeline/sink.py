@@ -19,7 +19,9 @@ Postgres disagree); it is logged and the batch is written rather than skipped, f
 
 Keys are deduplicated in Python before ``ON CONFLICT`` (Postgres refuses to update one row
 twice in one statement, and a replayed Kafka message can sit twice in one batch): per document
-id the record with the highest Kafka offset wins; dead letters are unique per (stage, topic,
+id the record with the highest Kafka offset wins, with the union of the tickers and entity links
+of every record of that id (the same story under two tickers; across batches the documents upsert
+merges ``tickers`` the same way and a producer's ticker link stays while the document carries it); dead letters are unique per (stage, topic,
 partition, offset). Writes are ``execute_values`` statements of up to ``PAGE_SIZE`` rows,
 never a statement per row.
 
@@ -134,13 +136,40 @@ def to_frame(rows) -> pd.DataFrame:
 
 
 def dedupe_documents(docs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per document id: the one with the highest Kafka offset (a replayed message)."""
+    """One row per document id: the one with the highest Kafka offset (a replayed message), carrying the union
+    of the tickers and entity links of every row of that id (the same story published under two tickers)."""
     if docs.empty:
         return docs, 0
     order = docs.assign(_off=pd.to_numeric(docs["kafka_offset"], errors="coerce").fillna(-1))
     order = order.sort_values(["_off"], kind="stable")
     kept = order.drop_duplicates("id", keep="last").drop(columns="_off")
+    if len(kept) < len(docs):
+        repeated = set(order.loc[order["id"].duplicated(keep=False), "id"])
+        groups = {doc_id: group for doc_id, group in order[order["id"].isin(repeated)].groupby("id", sort=False)}
+        kept = kept.copy()
+        for index in kept.index[kept["id"].isin(repeated)]:
+            group = groups[kept.at[index, "id"]]
+            kept.at[index, "tickers"] = merge_tickers(*group["tickers"])  # first-seen order
+            kept.at[index, "entities"] = merge_entities(*group["entities"][::-1])
     return kept, len(docs) - len(kept)
+
+
+def merge_tickers(*groups) -> list[str]:
+    """The union of ticker lists, first-seen order kept (empty and missing lists ignored)."""
+    return list(dict.fromkeys(str(t) for group in groups for t in _as_list(group) if t is not None and str(t)))
+
+
+def merge_entities(winner, *others) -> list[dict]:
+    """The winner's entity links plus the producer-ticker links of the other records of its id (the rule the
+    upsert applies across batches: text-found links follow the newest text, a producer's tickers accumulate).
+    Per (entity, model version) the winner's link wins."""
+    out: dict[tuple[str, str], dict] = {}
+    for k, group in enumerate((winner, *others)):
+        for entity in _as_list(group):
+            entity = dict(entity)
+            if entity.get("entity") and (k == 0 or entity.get("linked_by") == "producer"):
+                out.setdefault((entity["entity"], entity.get("model_version") or ""), entity)
+    return list(out.values())
 
 
 def dedupe_dead_letters(dls: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -166,9 +195,14 @@ def offsets_summary(frame: pd.DataFrame) -> dict[str, dict[str, list[int]]]:
 _DOC_COLUMNS = ["id", "schema_version", "source", "kind", "url", "title", "text", "author", "published_at",
                 "fetched_at", "lang", "tickers", "parent_id", "extra", "kafka_topic", "kafka_partition",
                 "kafka_offset", "kafka_timestamp", "novelty", "first_story_id", "batch_id"]
+# A document id seen again (the same story published under another ticker, a re-sent message) keeps the tickers
+# it had and gains the new record's: the union, in first-seen order. Every other column is the new record's.
+_TICKERS_UNION = ("ARRAY(SELECT t FROM unnest(documents.tickers || EXCLUDED.tickers) WITH ORDINALITY u(t, n) "
+                  "GROUP BY t ORDER BY min(n))")
 _DOC_UPSERT = f"""
 INSERT INTO documents ({", ".join(_DOC_COLUMNS)}) VALUES %s
-ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS if c != "id")}
+ON CONFLICT (id) DO UPDATE SET {", ".join(
+    f"{c} = {_TICKERS_UNION}" if c == "tickers" else f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS if c != "id")}
 """
 _DOC_TEMPLATE = "(" + ", ".join("%s::jsonb" if c == "extra" else "%s" for c in _DOC_COLUMNS) + ")"
 
@@ -188,7 +222,15 @@ WHERE s.document_id = d.id AND d.id = ANY(%(ids)s) AND s.published_at IS DISTINC
 
 _ENTITY_COLUMNS = ["document_id", "entity", "entity_type", "model_version", "linked_by", "mention", "sentiment",
                    "confidence", "p_negative", "p_neutral", "p_positive"]
-_ENTITY_DELETE = "DELETE FROM document_entities WHERE document_id = ANY(%(ids)s) AND model_version = ANY(%(mvs)s)"
+# The links a re-sent document replaces: all of its links of these model versions, except a producer's ticker
+# that the document still carries (documents.tickers, the union over the records of its id).
+_ENTITY_DELETE = """
+DELETE FROM document_entities e
+USING documents d
+WHERE d.id = e.document_id AND e.document_id = ANY(%(ids)s) AND e.model_version = ANY(%(mvs)s)
+  AND NOT (e.linked_by = 'producer'
+           AND upper(e.entity) IN (SELECT upper(ltrim(t, '$')) FROM unnest(d.tickers) t))
+"""
 _ENTITY_INSERT = f"""
 INSERT INTO document_entities ({", ".join(_ENTITY_COLUMNS)}) VALUES %s
 ON CONFLICT (document_id, entity, model_version) DO UPDATE SET
@@ -536,7 +578,8 @@ class PostgresSink:
                     _float(entity.get("confidence")), _float(entity.get("p_negative")),
                     _float(entity.get("p_neutral")), _float(entity.get("p_positive")),
                 )
-        # Replace, not merge: a re-sent document whose text no longer names a ticker loses it.
+        # Replace, not merge: a re-sent document whose text no longer names a ticker loses it; a producer's ticker
+        # stays while the document carries it (tickers are merged across the records of an id).
         versions = sorted({""} | {key[2] for key in values})
         cur.execute(_ENTITY_DELETE, {"ids": ids, "mvs": versions})
         if values:

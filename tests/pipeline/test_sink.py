@@ -316,3 +316,28 @@ def test_an_unsupported_language_document_is_stored_unscored_and_in_no_window(en
     # The analysts' views give sentiment only where there is one.
     assert count(engine, "SELECT count(*) FROM document_sentiment") == 1
     assert count(engine, "SELECT status FROM document_detail WHERE id = 'zh'") == "unsupported_language"
+
+
+def _producer(row: dict) -> dict:
+    for e in row["entities"]:
+        e["linked_by"] = "producer"
+    return row
+
+
+def test_the_same_story_under_two_tickers_keeps_both_in_one_batch_and_across_batches(engine, sink):
+    # One batch: the story arrives twice, once per ticker (two feeds, or a replayed file with a row per ticker).
+    write(sink, 0, [_producer(doc_row("s1", T0, offset=1, tickers=["AAPL"])),
+                    _producer(doc_row("s1", T0, offset=2, tickers=["MSFT"]))])
+    assert count(engine, "SELECT tickers FROM documents WHERE id = 's1'") == ["AAPL", "MSFT"]
+    assert _rows(engine, "SELECT entity FROM document_entities WHERE document_id = 's1' ORDER BY entity") == [
+        ("AAPL",), ("MSFT",)]
+    # A later batch: the same id under a third ticker adds it; nothing is lost, nothing counted twice.
+    write(sink, 1, [_producer(doc_row("s1", T0, offset=3, tickers=["NVDA"]))])
+    assert count(engine, "SELECT tickers FROM documents WHERE id = 's1'") == ["AAPL", "MSFT", "NVDA"]
+    assert _rows(engine, "SELECT entity FROM document_entities WHERE document_id = 's1' ORDER BY entity") == [
+        ("AAPL",), ("MSFT",), ("NVDA",)]
+    w = windows_frame(engine)
+    day = w[(w.width_seconds == 86400) & (w.dimension == "ticker")].set_index("key").n_docs.to_dict()
+    assert day == {"AAPL": 1, "MSFT": 1, "NVDA": 1}
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 86400") == 1
+    assert count(engine, "SELECT count(*) FROM document_scores") == 1
