@@ -32,11 +32,26 @@ ones become dead letters (stage ``storage``, reason ``rejected``, the Postgres e
 the document as JSON as payload) and the batch is written again without them. Errors of the
 server or the connection are not the data's fault: they propagate and the batch is retried.
 
-Lateness: the watermark is the highest ``max_event_time`` of this query's committed batches
-minus ``lateness``. A document older than the watermark is stored and scored, but the windows
-at its new event time are not recomputed by the stream (it is counted in ``n_late``);
-:func:`pipeline.windows.backfill` folds it in. Windows a re-sent document leaves are always
-recomputed, so it never counts twice.
+Lateness, per partition: each batch records the highest event time of its documents per Kafka topic
+and partition (``pipeline_batches.partition_event_times``; ``max_event_time`` stays the batch's
+highest). The watermark is the LOWEST of the partitions' highs over this query's committed batches,
+minus ``lateness``: a partition behind in event time (Spark splits ``maxOffsetsPerTrigger`` over the
+partitions by backlog, not by time) holds the watermark back, so a partition whose records are in
+event-time order never has its own documents late, and the windows do not depend on how the stream
+is cut into batches. A partition that delivers its first documents in this batch counts with the
+earliest of them. Idle guard: a partition that delivered no document for longer than ``lateness``
+(wall clock: the ``started_at`` of the batch being written minus that of the partition's last batch
+with documents) no longer counts, until it delivers again, so a partition that went quiet does not
+hold the watermark back for ever; batches written before the per-partition record count as one
+partition under the same rule. A producer's far-future timestamp is capped at the batch's start (or
+now) before it is recorded, so it cannot push the watermark past real time.
+
+A document older than the watermark (a truly late producer) is stored and scored, but the windows
+at its new event time are not recomputed by the stream: it is counted in ``n_late`` and noted in
+``windows_pending`` (per document and model version, status ``ok`` only) until a recompute covers
+it: an on-time re-send, or :func:`pipeline.windows.backfill` over a range holding its event time.
+``finpulse pipeline status`` counts those rows and prints the backfill command for their range.
+Windows a re-sent document leaves are always recomputed, so it never counts twice.
 """
 
 from __future__ import annotations
@@ -258,6 +273,35 @@ ON CONFLICT (query_name, query_id, batch_id) DO UPDATE SET
     max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer,
     n_unsupported = EXCLUDED.n_unsupported, unsupported_by_source = EXCLUDED.unsupported_by_source
 """
+_BATCH_PARTITION_TIMES = """
+UPDATE pipeline_batches SET partition_event_times = %(times)s
+WHERE query_name = %(query_name)s AND query_id = %(query_id)s AND batch_id = %(batch_id)s
+"""
+
+# Per topic and partition: the highest event time its documents reached in this query's committed batches, and
+# when (the batch's started_at) it last delivered one. Batches written before 0008 count as partition ('', '').
+_PARTITION_HIGHS = """
+SELECT t.topic, p.part, max(p.ts::timestamptz), max(b.started_at)
+FROM pipeline_batches b
+CROSS JOIN LATERAL jsonb_each(coalesce(b.partition_event_times,
+                                       jsonb_build_object('', jsonb_build_object('', b.max_event_time)))) t(topic, parts)
+CROSS JOIN LATERAL jsonb_each_text(t.parts) p(part, ts)
+WHERE b.query_name = %s AND b.status = 'committed' AND p.ts IS NOT NULL
+GROUP BY t.topic, p.part
+"""
+
+# Documents stored and scored but not folded into their windows (late), until a recompute covers them.
+_PENDING_UPSERT = """
+INSERT INTO windows_pending (document_id, model_version, published_at, query_name, batch_id) VALUES %s
+ON CONFLICT (document_id, model_version) DO UPDATE SET
+    published_at = EXCLUDED.published_at, query_name = EXCLUDED.query_name, batch_id = EXCLUDED.batch_id,
+    noted_at = now()
+"""
+_PENDING_FOLDED = """
+DELETE FROM windows_pending w
+USING unnest(%(ids)s::text[], %(mvs)s::text[]) f(document_id, model_version)
+WHERE w.document_id = f.document_id AND w.model_version = f.model_version
+"""
 
 
 # Where the earlier epochs of a query name got to: the highest committed offset per topic and partition.
@@ -270,6 +314,27 @@ LEFT JOIN LATERAL jsonb_each(o.parts) p(part, range) ON true
 WHERE b.query_name = %s AND b.query_id <> %s AND b.status = 'committed'
 GROUP BY GROUPING SETS ((), (o.topic, p.part))
 """
+
+
+def partition_event_times(docs: pd.DataFrame, published: list[datetime],
+                          cap: datetime) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    """{(topic, partition): (earliest, latest event time)} of the batch's documents, each capped at ``cap``."""
+    out: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for topic, partition, pub in zip(docs["kafka_topic"], docs["kafka_partition"], published):
+        if pub is None or _none(topic) is None or _none(partition) is None:
+            continue
+        key, pub = (str(topic), str(int(partition))), min(pub, cap)
+        low, high = out.get(key, (pub, pub))
+        out[key] = (min(low, pub), max(high, pub))
+    return out
+
+
+def _partition_json(times: dict[tuple[str, str], tuple[datetime, datetime]]) -> dict[str, dict[str, str]]:
+    """{topic: {partition: latest event time, ISO 8601}}: what ``partition_event_times`` stores."""
+    out: dict[str, dict[str, str]] = {}
+    for (topic, partition), (_, high) in sorted(times.items()):
+        out.setdefault(topic, {})[partition] = high.isoformat()
+    return out
 
 
 def _normal_offsets(value) -> dict[str, dict[str, list[int]]]:
@@ -354,13 +419,21 @@ class PostgresSink:
 
     # -- reading state ------------------------------------------------------------------------
 
-    def watermark(self, cursor) -> datetime | None:
-        cursor.execute(
-            "SELECT max(max_event_time) FROM pipeline_batches WHERE query_name = %s AND status = 'committed'",
-            (self.query_name,),
-        )
-        high = cursor.fetchone()[0]
-        return None if high is None else high - self.lateness
+    def watermark(self, cursor, batch: dict[tuple[str, str], tuple[datetime, datetime]] | None = None,
+                  now: datetime | None = None) -> datetime | None:
+        """The lowest per-partition event-time high minus ``lateness`` (see the module docstring), or None.
+
+        ``batch``: {(topic, partition): (earliest, latest event time)} of the batch about to be written (its
+        partitions always count; a new one with its earliest time). ``now``: that batch's start (the idle clock).
+        """
+        batch = batch or {}
+        now = now or datetime.now(timezone.utc)
+        cursor.execute(_PARTITION_HIGHS, (self.query_name,))
+        highs = {(str(topic), str(part)): (high, seen) for topic, part, high, seen in cursor.fetchall()}
+        counted = [high for key, (high, seen) in highs.items()
+                   if key in batch or seen is None or now - seen <= self.lateness]
+        counted += [low for key, (low, _) in batch.items() if key not in highs]
+        return min(counted) - self.lateness if counted else None
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -489,12 +562,14 @@ class PostgresSink:
                     log.info("batch %s of %s already committed; skipped", batch_id, self.query_name)
                     return BatchReport(batch_id=batch_id, skipped=True, query_id=query_id, n_input=len(frame),
                                        duration_ms=int((time.monotonic() - t0) * 1000))
-                watermark = self.watermark(cur)
+                # A producer's far-future timestamp must not push the watermark past real time.
+                cap = max(started_at, datetime.now(timezone.utc))
+                by_partition = partition_event_times(docs, published, cap)
+                watermark = self.watermark(cur, by_partition, now=started_at)
                 late = [watermark is not None and p < watermark for p in published]
                 report.n_late = sum(late)
                 if published:
-                    # A producer's far-future timestamp must not push the watermark past real time.
-                    report.max_event_time = min(max(published), max(started_at, datetime.now(timezone.utc)))
+                    report.max_event_time = min(max(published), cap)
 
                 windows.create_points(cur)
                 if ids:
@@ -507,6 +582,7 @@ class PostgresSink:
                 on_time = [i for i, is_late in zip(ids, late) if not is_late]
                 if on_time:
                     cur.execute(windows.POINTS_OF_DOCUMENTS, {"ids": on_time, "mvs": model_versions})
+                self._note_pending(cur, docs, ids, published, late, batch_id)
                 report.n_windows = windows.recompute(cur, widths=self.widths, batch_id=batch_id)
                 report.duration_ms = int((time.monotonic() - t0) * 1000)
                 cur.execute(_BATCH_UPSERT, {
@@ -518,6 +594,10 @@ class PostgresSink:
                     "scorer": scorer_name, "n_unsupported": report.n_unsupported,
                     "unsupported_by_source": Json(report.unsupported_by_source),
                 })
+                cur.execute(_BATCH_PARTITION_TIMES, {
+                    "query_name": self.query_name, "query_id": query_id, "batch_id": batch_id,
+                    "times": Json(_partition_json(by_partition)),
+                })
             raw.commit()
         except BaseException:
             raw.rollback()
@@ -526,6 +606,21 @@ class PostgresSink:
             raw.close()
         report.duration_ms = int((time.monotonic() - t0) * 1000)
         return report
+
+    def _note_pending(self, cur, docs: pd.DataFrame, ids: list[str], published: list[datetime],
+                      late: list[bool], batch_id: int) -> None:
+        """Late documents (scored ``ok``) wait in ``windows_pending``; on-time ones were folded: no longer wait."""
+        if docs.empty:
+            return
+        versions = [str(v) for v in docs["model_version"]]
+        scored = [(_none(v) or "ok") == "ok" for v in docs["score_status"]]
+        folded = [(i, mv) for i, mv, is_late in zip(ids, versions, late) if not is_late]
+        if folded:
+            cur.execute(_PENDING_FOLDED, {"ids": [i for i, _ in folded], "mvs": [mv for _, mv in folded]})
+        waiting = [(i, mv, pub, self.query_name, batch_id)
+                   for i, mv, pub, is_late, ok in zip(ids, versions, published, late, scored) if is_late and ok]
+        if waiting:
+            execute_values(cur, _PENDING_UPSERT, waiting, page_size=PAGE_SIZE)
 
     # -- the tables ---------------------------------------------------------------------------
 

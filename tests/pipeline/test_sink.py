@@ -341,3 +341,95 @@ def test_the_same_story_under_two_tickers_keeps_both_in_one_batch_and_across_bat
     assert day == {"AAPL": 1, "MSFT": 1, "NVDA": 1}
     assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 86400") == 1
     assert count(engine, "SELECT count(*) FROM document_scores") == 1
+
+
+# -- lateness per partition -------------------------------------------------------------------------------------
+
+def _all_daily_docs(engine) -> int:
+    return count(engine, "SELECT coalesce(sum(n_docs), 0) FROM sentiment_windows WHERE dimension = 'all' "
+                         "AND width_seconds = 86400")
+
+
+def _windows_state(engine) -> list[tuple]:
+    return sorted(map(tuple, _rows(engine, "SELECT dimension, key, window_start, window_end, model_version, n_docs, "
+                                           "n_negative, n_neutral, n_positive, round(sum_score::numeric, 6), "
+                                           "n_first_stories FROM sentiment_windows")))
+
+
+def test_a_partition_behind_in_event_time_holds_the_watermark_back_so_no_batch_cut_makes_documents_late(engine):
+    """Partition 0 is ten days ahead of partition 1 (each in event-time order), read in many small batches that
+    drain partition 0 first, the way Spark splits maxOffsetsPerTrigger by backlog: no document is late, every
+    one is in the windows, and the windows equal those of writing everything in one batch."""
+    sink = PostgresSink(engine, query_name="uneven", widths="1m,1h,1d", lateness="1d")
+    ahead = [doc_row(f"p0-{i}", T0 + timedelta(days=10, minutes=37 * i), offset=i, partition=0,
+                     source=["src-a", "src-b"][i % 2], p=[(0.6, 0.3, 0.1), (0.1, 0.2, 0.7)][i % 2])
+             for i in range(60)]
+    behind = [doc_row(f"p1-{i}", T0 + timedelta(minutes=53 * i), offset=i, partition=1, tickers=["AAPL"])
+              for i in range(60)]
+    batches, a, b = [], 0, 0
+    while a < len(ahead) or b < len(behind):
+        take_a, take_b = (7, 1) if a < len(ahead) else (0, 9)  # uneven: partition 0 runs days ahead
+        batches.append(ahead[a:a + take_a] + behind[b:b + take_b])
+        a, b = a + take_a, b + take_b
+    assert len(batches) > 10
+    reports = [write(sink, k, rows) for k, rows in enumerate(batches)]
+    assert sum(r.n_late for r in reports) == 0
+    assert _all_daily_docs(engine) == 120
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 0
+    streamed = _windows_state(engine)
+    times = _rows(engine, "SELECT partition_event_times FROM pipeline_batches WHERE query_name = 'uneven' "
+                          "AND batch_id = 0")[0][0]
+    assert set(times["docs"]) == {"0", "1"}
+
+    # The same documents in one batch (a fresh ledger, every window recomputed from the stored rows).
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM sentiment_windows"))
+    one = PostgresSink(engine, query_name="one-batch", widths="1m,1h,1d", lateness="1d")
+    assert write(one, 0, ahead + behind).n_late == 0
+    assert _windows_state(engine) == streamed
+
+
+def test_an_idle_partition_stops_holding_the_watermark_back_after_the_lateness(engine):
+    """Partition 1 delivered at T0 and went quiet: within the lateness (wall clock) it holds the watermark back,
+    after it a truly late document on partition 0 is late again; once it delivers again it counts again."""
+    now = datetime.now(timezone.utc)
+
+    def at(sink, batch_id, rows, started_at):
+        return sink.write_batch(batch_id, frame(rows), scorer_name="test", started_at=started_at)
+
+    for name, quiet_since, expect_late in (("held", now - timedelta(hours=1), 0), ("idle", now - timedelta(days=2), 1)):
+        sink = PostgresSink(engine, query_name=name, widths="1m,1h,1d", lateness="1d")
+        at(sink, 0, [doc_row(f"{name}-p1", T0, offset=1, partition=1)], quiet_since)
+        at(sink, 1, [doc_row(f"{name}-p0-{i}", T0 + timedelta(days=5, hours=i), offset=i, partition=0)
+                     for i in range(3)], now)
+        raw = engine.raw_connection()
+        try:
+            held_back = T0 - timedelta(days=1)  # partition 1's high minus the lateness
+            without_p1 = T0 + timedelta(days=5, hours=2) - timedelta(days=1)
+            assert sink.watermark(raw.cursor(), now=now) == (held_back if expect_late == 0 else without_p1), name
+        finally:
+            raw.close()
+        straggler = at(sink, 2, [doc_row(f"{name}-late", T0 + timedelta(days=1), offset=9, partition=0)], now)
+        assert straggler.n_late == expect_late, name
+        # The quiet partition delivers again (in its own event-time order): it counts again, nothing is late.
+        back = at(sink, 3, [doc_row(f"{name}-p1-again", T0 + timedelta(hours=2), offset=2, partition=1)], now)
+        assert back.n_late == 0, name
+
+
+def test_a_far_future_timestamp_does_not_push_the_partition_watermark_past_real_time(engine, sink):
+    started = datetime.now(timezone.utc)
+    write(sink, 0, [doc_row("future", datetime(2999, 1, 1, tzinfo=timezone.utc), offset=1)])
+    times = _rows(engine, "SELECT partition_event_times FROM pipeline_batches WHERE batch_id = 0")[0][0]
+    assert datetime.fromisoformat(times["docs"]["0"]) <= datetime.now(timezone.utc)
+    assert datetime.fromisoformat(times["docs"]["0"]) >= started
+    # A document of today is not late: the watermark is at most now minus the lateness.
+    assert write(sink, 1, [doc_row("today", datetime.now(timezone.utc) - timedelta(hours=1), offset=2)]).n_late == 0
+
+
+def test_a_late_document_re_sent_on_time_no_longer_waits(engine, sink):
+    write(sink, 0, [doc_row("now", T0, offset=1)])
+    assert write(sink, 1, [doc_row("moved", T0 - timedelta(days=3), offset=2)]).n_late == 1
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 1
+    assert write(sink, 2, [doc_row("moved", T0 + timedelta(minutes=5), offset=3)]).n_late == 0
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 0
+    assert _all_daily_docs(engine) == 2
