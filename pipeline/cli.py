@@ -123,14 +123,17 @@ def stop_command(timeout: float) -> None:
         click.echo("pipeline was not running")
 
 
-def _last_committed(query_name: str) -> dict[str, Any] | None:
+def _last_committed(query_name: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The query's last committed batch (or None) and the documents waiting for a backfill (finpulse.pending)."""
     import sqlalchemy as sa
 
     from finpulse import db
+    from finpulse.pending import pending_backfill
 
     engine = db.engine(_settings())
     try:
         with engine.connect() as conn:
+            pending = pending_backfill(conn)
             row = conn.execute(sa.text(
                 "SELECT * FROM pipeline_batches WHERE query_name = :q AND status = 'committed' "
                 # batch ids start again at 0 in each epoch (a new checkpoint): the newest by time
@@ -138,15 +141,17 @@ def _last_committed(query_name: str) -> dict[str, Any] | None:
     finally:
         engine.dispose()
     if row is None:
-        return None
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        return None, pending
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}, pending
 
 
 @cli.command("status")
 @click.option("--query-name", default=None, help="Default FINPULSE_PIPELINE_QUERY_NAME.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(query_name: str | None, as_json: bool) -> None:
-    """Pid, the last committed batch (time and figures) and the lag in records behind Kafka."""
+    """Pid, the last committed batch (time and figures), the documents waiting for a backfill (and the command
+    that folds them in) and the lag in records behind Kafka."""
+    from finpulse.pending import line as pending_line
     from pipeline.job import checkpoint_root, kafka_lag
 
     settings = _settings()
@@ -158,9 +163,9 @@ def status_command(query_name: str | None, as_json: bool) -> None:
     report["state"] = progress.get("state") if service.running else "stopped"
     report["last_error"] = progress.get("last_error")
     try:
-        report["last_batch"] = _last_committed(name)
+        report["last_batch"], report["backfill"] = _last_committed(name)
     except Exception as exc:  # noqa: BLE001 - status must answer even when Postgres does not
-        report["last_batch"] = None
+        report["last_batch"], report["backfill"] = None, None
         report["database_error"] = str(exc).splitlines()[0][:200]
     try:
         report.update(kafka_lag(settings, checkpoint_root(settings) / name, [settings.topic_documents, settings.topic_dead_letters]))
@@ -178,6 +183,8 @@ def status_command(query_name: str | None, as_json: bool) -> None:
                    f"{batch.get('n_late', 0)} late, {batch.get('duration_ms')} ms, scorer {batch.get('scorer')}")
     else:
         click.echo("no committed batch yet" + (f" ({report['database_error']})" if report.get("database_error") else ""))
+    if report["backfill"] and report["backfill"]["documents"]:
+        click.echo(pending_line(report["backfill"]))
     lag = report.get("lag")
     click.echo(f"lag: {lag} record(s) behind Kafka" if lag is not None else f"lag: unknown ({report.get('kafka_error')})")
     if report.get("last_error"):

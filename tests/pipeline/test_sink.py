@@ -426,6 +426,46 @@ def test_a_far_future_timestamp_does_not_push_the_partition_watermark_past_real_
     assert write(sink, 1, [doc_row("today", datetime.now(timezone.utc) - timedelta(hours=1), offset=2)]).n_late == 0
 
 
+def test_late_documents_wait_for_a_backfill_until_the_printed_command_folds_them_in(engine, sink, fresh_db, monkeypatch, capsys):
+    from click.testing import CliRunner
+
+    from finpulse.pending import line, pending_backfill
+    from pipeline import cli as pipeline_cli
+
+    write(sink, 0, [doc_row("now", T0, offset=1)])
+    late = [doc_row("late-1", T0 - timedelta(days=3, seconds=0.5), offset=2),
+            doc_row("late-2", T0 - timedelta(days=2, hours=5), offset=3)]
+    assert write(sink, 1, late + [doc_row("fresh", T0 + timedelta(hours=1), offset=4)]).n_late == 2
+    # Re-sent late again: still two documents waiting, not three.
+    assert write(sink, 2, [doc_row("late-2", T0 - timedelta(days=2, hours=5), offset=5)]).n_late == 1
+    with engine.connect() as conn:
+        pending = pending_backfill(conn)
+    assert pending["documents"] == 2
+    assert pending["since"] == "2024-04-28T11:59:59Z" and pending["until"] == "2024-04-29T07:00:01Z"
+    assert pending["command"] == "finpulse pipeline backfill --since 2024-04-28T11:59:59Z --until 2024-04-29T07:00:01Z"
+    assert line(pending).startswith("2 document(s) wait for a backfill") and line(pending).endswith(pending["command"])
+
+    monkeypatch.setattr(pipeline_cli, "_settings", lambda: fresh_db)
+    runner = CliRunner()
+    text = runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query"])
+    assert line(pending) in text.output, text.output
+    as_json = json.loads(runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query", "--json"]).output)
+    assert as_json["backfill"] == pending
+    # `make run`'s end-of-run summary says the same.
+    from finpulse.run import _print_summary
+    _print_summary(fresh_db)
+    assert line(pending) in capsys.readouterr().out
+
+    # The printed command, run as printed: the documents are in their windows and no longer wait.
+    args = pending["command"].split()[2:]
+    result = runner.invoke(pipeline_cli.cli, args)
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert pending_backfill(conn)["documents"] == 0
+    assert _all_daily_docs(engine) == 4
+    assert "backfill" not in runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query"]).output
+
+
 def test_a_late_document_re_sent_on_time_no_longer_waits(engine, sink):
     write(sink, 0, [doc_row("now", T0, offset=1)])
     assert write(sink, 1, [doc_row("moved", T0 - timedelta(days=3), offset=2)]).n_late == 1
