@@ -159,17 +159,21 @@ def _print_summary(settings) -> None:
     import sqlalchemy as sa
 
     from finpulse import db
+    from finpulse.pending import line, pending_backfill
 
     engine = db.engine(settings)
     try:
         with engine.connect() as conn:
             counts = {name: conn.execute(sa.text(sql)).scalar_one() for name, sql in _SUMMARY_SQL.items()}
             top = conn.execute(sa.text(TOP_TICKERS_SQL)).all()
+            pending = pending_backfill(conn)
     finally:
         engine.dispose()
     click.echo("In Postgres now: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if top:
         click.echo("Top tickers: " + ", ".join(f"{r.entity} {r.n} ({r.mean_score:+.2f})" for r in top))
+    if pending["documents"]:
+        click.echo(line(pending))
 
 
 DEMO_EMAIL_TO = "analysts@finpulse.localhost"

@@ -37,6 +37,7 @@ from ingest.dedup import Deduplicator, Verdict
 from ingest.errors import IngestError
 from ingest.http import PoliteClient
 from ingest.metrics import IngestMetrics
+from ingest.normalize import merge_tickers
 from ingest.producer import KafkaSink, Sink
 from ingest.sources.base import Skipped, Source, source_from_config
 from ingest.store import SeenStore
@@ -324,8 +325,25 @@ class Crawler:
         """The documents that are no exact duplicate, annotated with their novelty and reserved in the dedup."""
         name = summary.source
         batch: list[tuple[Document, Verdict]] = []
+        position: dict[str, int] = {}  # id -> index in batch
         for doc in candidates:
             verdict = self.dedup.check(doc)
+            if verdict.duplicate == "id" and doc.id in position:
+                # The same id twice in this poll: one document, with the tickers of both.
+                i = position[doc.id]
+                first, first_verdict = batch[i]
+                batch[i] = (first.model_copy(update={"tickers": merge_tickers(first.tickers, doc.tickers)}),
+                            first_verdict)
+            elif verdict.duplicate == "id" and (update := self._with_new_tickers(doc, verdict)) is not None:
+                # Published before under fewer tickers (the same story in another ticker's feed): published
+                # again with the union; consumers upsert by id, so it is one document with more tickers.
+                doc, verdict = update
+                log.info("source=%s %s seen before with tickers %s: published again with %s", name, doc.id,
+                         doc.extra.get("tickers_before"), doc.tickers)
+                self.dedup.reserve(doc, verdict)
+                position[doc.id] = len(batch)
+                batch.append((doc, verdict))
+                continue
             if verdict.duplicate:
                 summary.duplicate += 1
                 self.metrics.duplicate.labels(name).inc()
@@ -339,8 +357,26 @@ class Crawler:
                 extra["similarity"] = verdict.similarity
             doc = doc.model_copy(update={"extra": extra})
             self.dedup.reserve(doc, verdict)
+            position[doc.id] = len(batch)
             batch.append((doc, verdict))
         return batch
+
+    def _with_new_tickers(self, doc: Document, verdict: Verdict) -> tuple[Document, Verdict] | None:
+        """``doc`` (an id already published) with the union of its published and its own tickers, when that adds
+        any; None otherwise (a plain duplicate, or a story published before tickers were recorded)."""
+        before = self.dedup.store.seen_tickers(doc.id)
+        if before is None:
+            return None
+        union = merge_tickers(before, doc.tickers)
+        if set(union) <= set(before):
+            return None
+        first = self.dedup.store.first_story_of(doc.id) or doc.id
+        extra = dict(doc.extra)
+        extra.update(novelty=first == doc.id, first_story_id=first, content_hash=verdict.content_hash,
+                     tickers_before=list(before))
+        return (doc.model_copy(update={"tickers": union, "extra": extra}),
+                Verdict(duplicate=None, content_hash=verdict.content_hash, novelty=first == doc.id,
+                        first_story_id=first))
 
     def _publish(self, batch: list[tuple[Document, Verdict]], summary: PollSummary) -> bool:
         """Publish ``batch``; remember the acked ones as seen, release the rest. False if any failed."""

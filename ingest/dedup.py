@@ -229,6 +229,7 @@ class Deduplicator:
                     first_story_id=verdict.first_story_id,
                     signature=None if sig is None else np.asarray(sig.hashvalues, dtype=np.uint64).tobytes(),
                     terms=None if verdict.terms is None else " ".join(sorted(verdict.terms)),
+                    tickers=tuple(doc.tickers),
                 )
             )
         self.store.mark_seen(records)

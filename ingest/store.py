@@ -41,6 +41,9 @@ CREATE INDEX IF NOT EXISTS signatures_time ON signatures(seen_at);
 """
 # Added after the first release: the story terms a reworded copy is confirmed on (space-joined).
 _MIGRATIONS = ["ALTER TABLE signatures ADD COLUMN terms TEXT"]
+# Added later: the tickers a published document carried (space-joined; NULL for rows written before), so the same
+# story seen again under another ticker is published again with the union (see ingest.crawler).
+_SEEN_MIGRATIONS = ["ALTER TABLE seen ADD COLUMN tickers TEXT"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class SeenRecord:
     first_story_id: str | None = None
     signature: bytes | None = None
     terms: str | None = None
+    tickers: tuple[str, ...] = ()
 
 
 class SeenStore:
@@ -72,6 +76,9 @@ class SeenStore:
         if "terms" not in columns:
             for statement in _MIGRATIONS:
                 self._db.execute(statement)
+        if "tickers" not in {row[1] for row in self._db.execute("PRAGMA table_info(seen)")}:
+            for statement in _SEEN_MIGRATIONS:
+                self._db.execute(statement)
 
     @classmethod
     def for_home(cls, home: Path) -> SeenStore:
@@ -85,6 +92,19 @@ class SeenStore:
     def is_seen(self, doc_id: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM seen WHERE id = ?", (doc_id,)).fetchone() is not None
+
+    def seen_tickers(self, doc_id: str) -> tuple[str, ...] | None:
+        """The tickers the published document ``doc_id`` carried; None when not seen or not recorded (older rows)."""
+        with self._lock:
+            row = self._db.execute("SELECT tickers FROM seen WHERE id = ?", (doc_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return tuple(t for t in row[0].split(" ") if t)
+
+    def first_story_of(self, doc_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT first_story_id FROM seen WHERE id = ?", (doc_id,)).fetchone()
+        return None if row is None else row[0]
 
     def seen_url(self, url: str) -> bool:
         with self._lock:
@@ -104,10 +124,12 @@ class SeenStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
+                # A document published again with more tickers (the same story under another ticker) keeps its
+                # first record and gains the tickers.
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO seen(id, source, url, content_hash, first_story_id, seen_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(r.id, r.source, r.url, r.content_hash, r.first_story_id, now) for r in rows],
+                    "INSERT INTO seen(id, source, url, content_hash, first_story_id, seen_at, tickers)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET tickers = excluded.tickers",
+                    [(r.id, r.source, r.url, r.content_hash, r.first_story_id, now, " ".join(r.tickers)) for r in rows],
                 )
                 self._db.executemany(
                     "INSERT OR IGNORE INTO signatures(id, first_story_id, signature, terms, seen_at)"

@@ -139,29 +139,35 @@ def stop_command(timeout: float) -> None:
         click.echo("pipeline was not running")
 
 
-def _last_committed(query_name: str) -> dict[str, Any] | None:
+def _last_committed(query_name: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The query's last committed batch (or None) and the documents waiting for a backfill (finpulse.pending)."""
     import sqlalchemy as sa
 
     from finpulse import db
+    from finpulse.pending import pending_backfill
 
     engine = db.engine(_settings())
     try:
         with engine.connect() as conn:
+            pending = pending_backfill(conn)
             row = conn.execute(sa.text(
                 "SELECT * FROM pipeline_batches WHERE query_name = :q AND status = 'committed' "
-                "ORDER BY batch_id DESC LIMIT 1"), {"q": query_name}).mappings().first()
+                # batch ids start again at 0 in each epoch (a new checkpoint): the newest by time
+                "ORDER BY finished_at DESC NULLS LAST, batch_id DESC LIMIT 1"), {"q": query_name}).mappings().first()
     finally:
         engine.dispose()
     if row is None:
-        return None
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        return None, pending
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}, pending
 
 
 @cli.command("status")
 @click.option("--query-name", default=None, help="Default FINPULSE_PIPELINE_QUERY_NAME.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(query_name: str | None, as_json: bool) -> None:
-    """Pid, the last committed batch (time and figures) and the lag in records behind Kafka."""
+    """Pid, the last committed batch (time and figures), the documents waiting for a backfill (and the command
+    that folds them in) and the lag in records behind Kafka."""
+    from finpulse.pending import line as pending_line
     from pipeline.job import checkpoint_root, kafka_lag
 
     settings = _settings()
@@ -173,9 +179,9 @@ def status_command(query_name: str | None, as_json: bool) -> None:
     report["state"] = progress.get("state") if service.running else "stopped"
     report["last_error"] = progress.get("last_error")
     try:
-        report["last_batch"] = _last_committed(name)
+        report["last_batch"], report["backfill"] = _last_committed(name)
     except Exception as exc:  # noqa: BLE001 - status must answer even when Postgres does not
-        report["last_batch"] = None
+        report["last_batch"], report["backfill"] = None, None
         report["database_error"] = str(exc).splitlines()[0][:200]
     try:
         report.update(kafka_lag(settings, checkpoint_root(settings) / name, [settings.topic_documents, settings.topic_dead_letters]))
@@ -193,11 +199,68 @@ def status_command(query_name: str | None, as_json: bool) -> None:
                    f"{batch.get('n_late', 0)} late, {batch.get('duration_ms')} ms, scorer {batch.get('scorer')}")
     else:
         click.echo("no committed batch yet" + (f" ({report['database_error']})" if report.get("database_error") else ""))
+    if report["backfill"] and report["backfill"]["documents"]:
+        click.echo(pending_line(report["backfill"]))
     lag = report.get("lag")
     click.echo(f"lag: {lag} record(s) behind Kafka" if lag is not None else f"lag: unknown ({report.get('kafka_error')})")
     if report.get("last_error"):
         click.echo(f"last error: {report['last_error']}")
     sys.exit(0 if service.running else 3)
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+@cli.command("reset")
+@click.option("--query-name", default=None, help="Default FINPULSE_PIPELINE_QUERY_NAME.")
+def reset_command(query_name: str | None) -> None:
+    """Delete the query's Spark checkpoint (and progress file), so the next start begins a new epoch.
+
+    Refuses while the pipeline service runs (stop it first: `finpulse pipeline stop`), and while
+    a foreground `finpulse pipeline run` of the query is alive. Postgres keeps every row. The next
+    start gets a new streaming query id, re-reads the topics from the earliest offsets Kafka still
+    holds and writes every batch again: safe, because every write is an idempotent upsert keyed by
+    natural ids and windows are recomputed from stored rows (nothing doubles, nothing is skipped).
+    """
+    import shutil
+
+    from pipeline.job import JobError, JobOptions, checkpoint_query_id
+
+    settings = _settings()
+    try:
+        options = JobOptions.from_settings(settings, query_name=query_name)
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    service = _service().status()
+    if service.running:
+        raise click.ClickException(f"the pipeline service is running (pid {service.pid}); stop it first with "
+                                   "`finpulse pipeline stop`, then reset")
+    progress_path = _progress_file(options.query_name)
+    progress = _read_json(progress_path)
+    if progress.get("state") in ("running", "failed") and progress.get("pid") and _pid_alive(progress["pid"]):
+        raise click.ClickException(f"pipeline {options.query_name} is running in the foreground (pid "
+                                   f"{progress['pid']}, {progress_path}); stop it first, then reset")
+    checkpoint = options.checkpoint
+    if checkpoint.exists():
+        query_id = checkpoint_query_id(checkpoint)
+        shutil.rmtree(checkpoint)
+        click.echo(f"pipeline {options.query_name}: deleted the checkpoint {checkpoint}"
+                   + (f" (query id {query_id})" if query_id else ""))
+    else:
+        click.echo(f"pipeline {options.query_name}: no checkpoint at {checkpoint}; nothing to delete")
+    if progress_path.exists():
+        progress_path.unlink()
+        click.echo(f"pipeline {options.query_name}: deleted the progress file {progress_path}")
+    click.echo("Postgres keeps every row. The next start begins a new epoch (a new query id): it re-reads the topics "
+               "from the earliest offsets Kafka holds and writes every batch again, which is safe because every "
+               "write is an idempotent upsert and windows are recomputed from stored rows.")
 
 
 def _utc(value: str, name: str) -> datetime:

@@ -3,9 +3,16 @@
 Spark's native Kafka source reads both topics; each micro-batch goes through ``foreachBatch``:
 the executors parse, link and score the records (``mapInPandas`` with the processor of
 ``pipeline.process``), the driver collects the processed rows once as Arrow and the sink writes
-them in one Postgres transaction keyed by batch id. Spark commits a batch to its checkpoint
-only after ``foreachBatch`` returned, and the sink skips a batch id it already committed, so a
-crash anywhere replays the batch without doubling it.
+them in one Postgres transaction keyed by the query's id and the batch id. Spark commits a batch
+to its checkpoint only after ``foreachBatch`` returned, and the sink skips a batch it already
+committed, so a crash anywhere replays the batch without doubling it.
+
+The query id is the checkpoint's identity: Spark writes ``<checkpoint>/metadata`` (``{"id": ...}``)
+when the query is created, before its first batch, and keeps it for the checkpoint's life. The
+batch function reads it from there (:func:`checkpoint_query_id`; the active query's
+``StreamingQuery.id`` when the file cannot be read), and the start line logs it after checking it
+against ``StreamingQuery.id``. A deleted checkpoint (``finpulse pipeline reset``) gets a new id: a
+new epoch, see :mod:`pipeline.sink`.
 
 The job runs the same in ``finpulse pipeline run`` (master from settings) and under
 ``spark-submit`` (master and jars from spark-submit; see ``pipeline/submit.py``).
@@ -52,6 +59,19 @@ def parse_trigger(text: str) -> float:
         return durations.parse_seconds(text, positive=True, what="trigger")
     except ValueError as exc:
         raise JobError(str(exc)) from None
+
+
+def checkpoint_query_id(checkpoint: Path) -> str | None:
+    """The streaming query id that Spark keeps in ``<checkpoint>/metadata`` (``{"id": "..."}``), or None."""
+    try:
+        text = (Path(checkpoint) / "metadata").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        value = _offsets(line.strip()) if line.strip().startswith("{") else None
+        if value and isinstance(value.get("id"), str) and value["id"]:
+            return value["id"]
+    return None
 
 
 def checkpoint_root(settings: Settings) -> Path:
@@ -251,7 +271,19 @@ class PipelineJob:
 
     # -- the batch ----------------------------------------------------------------------------
 
-    def _batch_function(self, processor, sink, scorer_name: str):
+    def _query_id(self, spark) -> str:
+        """This query's id: from the checkpoint's metadata, else from the active query of this name."""
+        query_id = checkpoint_query_id(self.options.checkpoint)
+        if query_id is None and spark is not None:
+            for query in spark.streams.active:
+                if query.name == self.options.query_name:
+                    query_id = str(query.id)
+        if not query_id:
+            # Never write under an unknown identity: the batch fails and is retried.
+            raise RuntimeError(f"cannot read the streaming query id from {self.options.checkpoint / 'metadata'}")
+        return query_id
+
+    def _batch_function(self, processor, sink, scorer_name: str, spark=None):
         from pipeline.rows import PROCESSED_DDL
 
         state = self.state
@@ -264,8 +296,10 @@ class PipelineJob:
             try:
                 # Collected once: the scored frame is never computed twice (a second action on it
                 # would score every record again).
+                query_id = self._query_id(spark)
                 rows = balanced(batch_df, self.slots).mapInPandas(processor, PROCESSED_DDL).toArrow()
-                report = sink.write_batch(batch_id, rows, scorer_name=scorer_name, started_at=started_at)
+                report = sink.write_batch(batch_id, rows, scorer_name=scorer_name, started_at=started_at,
+                                          query_id=query_id)
                 elapsed = time.monotonic() - t0
                 figures = _report_dict(report)
                 figures["wall_s"] = round(elapsed, 3)
@@ -322,11 +356,12 @@ class PipelineJob:
             while True:
                 query = (
                     self._stream(spark).writeStream.queryName(o.query_name)
-                    .foreachBatch(self._batch_function(processor, sink, scorer_name))
+                    .foreachBatch(self._batch_function(processor, sink, scorer_name, spark))
                     .option("checkpointLocation", str(o.checkpoint))
                     .trigger(processingTime=f"{int(o.trigger_s * 1000)} milliseconds")
                     .start()
                 )
+                self._log_query_id(query)
                 with self.state.lock:
                     self.state.last_activity = time.monotonic()
                     committed_before = len(self.state.reports)
@@ -356,6 +391,15 @@ class PipelineJob:
             if own_spark:
                 spark.stop()
         return len(self.state.reports)
+
+    def _log_query_id(self, query) -> None:
+        query_id, stored = str(query.id), checkpoint_query_id(self.options.checkpoint)
+        if stored != query_id:
+            log.warning("query id %s differs from %s in %s; the batches are keyed on the checkpoint's", query_id,
+                        stored, self.options.checkpoint / "metadata")
+        else:
+            log.info("pipeline %s: query id %s (checkpoint %s)", self.options.query_name, query_id,
+                     self.options.checkpoint)
 
     def _warm_workers(self, spark, config) -> None:
         """Load the scorer in one Python worker per task slot before the query starts (see ``WARM_EVERY_S``)."""
@@ -452,13 +496,18 @@ class PipelineJob:
             with self.state.lock:
                 self.state.reports[batch_id] = report
             seconds = max(report["wall_s"], 0.001)  # the whole batch: read, score, write
+            by_source = report.get("unsupported_by_source") or {}
             log.info(
-                "batch %d: %d input, %d scored (%.0f/s), %d dead letters, %d late, %d duplicates, "
-                "%.2fs, lag %s%s",
+                "batch %d: %d input, %d scored (%.0f/s), %d unsupported language%s, %d dead letters, %d late, "
+                "%d duplicates, %.2fs, lag %s%s",
                 batch_id, report.get("n_input", 0), report.get("n_scored", 0),
-                report.get("n_scored", 0) / seconds, report.get("n_dead", 0), report.get("n_late", 0),
+                report.get("n_scored", 0) / seconds, report.get("n_unsupported", 0),
+                " (" + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) + ")" if by_source else "",
+                report.get("n_dead", 0), report.get("n_late", 0),
                 report.get("n_duplicates", 0), report["wall_s"], "?" if lag is None else lag,
-                " (already committed: skipped)" if report.get("skipped") else "",
+                " (already committed: skipped)" if report.get("skipped") else
+                " (new epoch)" if report.get("new_epoch") else
+                " (offsets differ from the committed batch: written again)" if report.get("offsets_mismatch") else "",
             )
             self.metrics.observe_batch(report, lag)
             committed = batch_end_offsets(progress)

@@ -5,6 +5,9 @@
 
 - a record of the documents topic that satisfies the contract and whose text the model can
   read becomes a ``document`` row with its score and entity links;
+- one whose language (``pipeline.language``, by script) the model does not read
+  (``Scorer.languages``) becomes a ``document`` row of ``score_status`` ``unsupported_language``:
+  stored with its rule-found links, never scored (no sentiment, no probabilities), in no window;
 - anything else becomes a ``dead_letter`` row with the raw bytes, the Kafka coordinates, a
   stage, a short machine reason and a human detail:
 
@@ -50,6 +53,7 @@ import pandas as pd
 
 from finpulse.contract import SCHEMA_VERSION, ContractError, Document, validate_document
 from pipeline.entities import EntityLinker
+from pipeline.language import UNSUPPORTED_LANGUAGE, unsupported_language
 from pipeline.rows import PROCESSED_COLUMNS, ROW_DEAD_LETTER, ROW_DOCUMENT, blank_row
 
 log = logging.getLogger(__name__)
@@ -271,8 +275,31 @@ def process_records(records: pd.DataFrame, *, scorer, linker: EntityLinker, conf
         out.append(blank_row(row_type=ROW_DOCUMENT, **base, raw_payload=value, **_document_columns(document)))
 
     if pending:
+        pending = set_aside_unsupported(scorer, linker, pending, out)
+    if pending:
         score_documents(scorer, linker, pending, out, config=config, now=now)
     return to_processed_frame(out)
+
+
+def set_aside_unsupported(scorer, linker: EntityLinker, pending: list[tuple[int, Document]],
+                          out: list[dict]) -> list[tuple[int, Document]]:
+    """Mark the documents the model cannot read ``unsupported_language`` (no score); the others, to score."""
+    from models.network import DEFAULT_LANGUAGES
+
+    languages = tuple(getattr(scorer, "languages", None) or DEFAULT_LANGUAGES)
+    readable = []
+    for row_index, document in pending:
+        detected = unsupported_language(document.content, languages)
+        if detected is None:
+            readable.append((row_index, document))
+            continue
+        links = linker.link(title=document.title, text=document.text, tickers=document.tickers)
+        out[row_index].update(
+            model_version=scorer.version, score_status=UNSUPPORTED_LANGUAGE, detected_lang=detected,
+            sentiment=None, p_negative=None, p_neutral=None, p_positive=None, topic=None, topic_confidence=None,
+            n_chunks=1, truncated=False, raw_payload=None,
+            entities=[_entity_columns(link, None, 0) for link in links])
+    return readable
 
 
 def score_documents(scorer, linker: EntityLinker, pending: list[tuple[int, Document]], out: list[dict], *,
@@ -321,6 +348,7 @@ def score_documents(scorer, linker: EntityLinker, pending: list[tuple[int, Docum
         if any(math.isnan(columns[p]) for p in ("p_negative", "p_neutral", "p_positive")) or not columns["sentiment"]:
             raise RuntimeError(f"scorer returned status ok without probabilities for document {document.id!r}")
         row.update(columns)
+        row["score_status"] = "ok"
         row["raw_payload"] = None  # the document's columns hold it; dead letters keep the raw bytes
         row["entities"] = [_entity_columns(link, entity_arrays, first_link + k) for k, link in enumerate(links[i])]
 

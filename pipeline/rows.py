@@ -8,7 +8,8 @@ invariant the job checks and the tests assert.
 ``row_type`` says which columns are filled:
 
 - ``document``: a valid document with its score (``document`` columns + ``score`` columns +
-  ``entities``); ``model_version`` is always set, probabilities are never NaN.
+  ``entities``); ``model_version`` is always set, probabilities are never NaN, except for a document of
+  ``score_status`` ``unsupported_language``: stored, not scored (sentiment and probabilities NULL).
 - ``dead_letter``: a record the pipeline rejected (stage ``contract`` or ``scoring``) or a dead
   letter that ingest published to the dead-letter topic (stage from its envelope, ``ingest`` or
   ``replay``); the ``dl_*`` columns and ``raw_payload`` are set, document columns may be NULL.
@@ -41,6 +42,9 @@ PROCESSED_FIELDS: list[tuple[str, str]] = [
     ("model_version", "string"), ("sentiment", "string"), ("p_negative", "float"), ("p_neutral", "float"),
     ("p_positive", "float"), ("topic", "string"), ("topic_confidence", "float"), ("n_chunks", "int"),
     ("truncated", "boolean"), ("entities", f"array<{ENTITY_DDL}>"),
+    # "ok", or "unsupported_language" (the model does not read the document's language: no sentiment, no
+    # probabilities, no window; detected_lang says which language), see pipeline.language
+    ("score_status", "string"), ("detected_lang", "string"),
     # the dead letter (row_type = dead_letter)
     ("dl_stage", "string"), ("dl_reason", "string"), ("dl_detail", "string"), ("dl_source", "string"),
     ("dl_url", "string"), ("dl_rejected_at", "timestamp"), ("raw_payload", "binary"), ("raw_key", "binary"),

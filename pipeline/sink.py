@@ -3,12 +3,25 @@
 :meth:`PostgresSink.write_batch` writes, in ONE transaction: documents, their scores, their
 rule-linked entities, dead letters, the recomputed trend windows (:mod:`pipeline.windows`) and
 the ``pipeline_batches`` row that marks the batch committed. Either all of it is visible or
-none of it, and a batch id already committed for the query changes nothing, so Spark's
-at-least-once replay of a batch is harmless.
+none of it, and a batch already committed changes nothing, so Spark's at-least-once replay of a
+batch is harmless.
+
+Which batch: Spark numbers micro-batches per checkpoint, so a batch is (query name, query id,
+batch id), the query id being the streaming query's ``id`` that Spark keeps in the checkpoint's
+``metadata`` file (a new checkpoint gets a new id; Delta Lake's txnAppId + txnVersion). A lost or
+deleted checkpoint therefore starts a new *epoch*: its batch 0 is not the old batch 0, and it is
+written (one log line says so: the earlier epochs' offsets and where this one starts). The new
+epoch re-reads what Kafka still holds; every write is an idempotent upsert keyed by natural ids and
+windows are recomputed from stored rows, so the re-read doubles nothing and skips nothing. Each
+batch's offsets (first and last per topic and partition) are stored too: a batch id already
+committed under the same query id but with other offsets is a mismatch (the checkpoint and
+Postgres disagree); it is logged and the batch is written rather than skipped, for the same reason.
 
 Keys are deduplicated in Python before ``ON CONFLICT`` (Postgres refuses to update one row
 twice in one statement, and a replayed Kafka message can sit twice in one batch): per document
-id the record with the highest Kafka offset wins; dead letters are unique per (stage, topic,
+id the record with the highest Kafka offset wins, with the union of the tickers and entity links
+of every record of that id (the same story under two tickers; across batches the documents upsert
+merges ``tickers`` the same way and a producer's ticker link stays while the document carries it); dead letters are unique per (stage, topic,
 partition, offset). Writes are ``execute_values`` statements of up to ``PAGE_SIZE`` rows,
 never a statement per row.
 
@@ -19,11 +32,26 @@ ones become dead letters (stage ``storage``, reason ``rejected``, the Postgres e
 the document as JSON as payload) and the batch is written again without them. Errors of the
 server or the connection are not the data's fault: they propagate and the batch is retried.
 
-Lateness: the watermark is the highest ``max_event_time`` of this query's committed batches
-minus ``lateness``. A document older than the watermark is stored and scored, but the windows
-at its new event time are not recomputed by the stream (it is counted in ``n_late``);
-:func:`pipeline.windows.backfill` folds it in. Windows a re-sent document leaves are always
-recomputed, so it never counts twice.
+Lateness, per partition: each batch records the highest event time of its documents per Kafka topic
+and partition (``pipeline_batches.partition_event_times``; ``max_event_time`` stays the batch's
+highest). The watermark is the LOWEST of the partitions' highs over this query's committed batches,
+minus ``lateness``: a partition behind in event time (Spark splits ``maxOffsetsPerTrigger`` over the
+partitions by backlog, not by time) holds the watermark back, so a partition whose records are in
+event-time order never has its own documents late, and the windows do not depend on how the stream
+is cut into batches. A partition that delivers its first documents in this batch counts with the
+earliest of them. Idle guard: a partition that delivered no document for longer than ``lateness``
+(wall clock: the ``started_at`` of the batch being written minus that of the partition's last batch
+with documents) no longer counts, until it delivers again, so a partition that went quiet does not
+hold the watermark back for ever; batches written before the per-partition record count as one
+partition under the same rule. A producer's far-future timestamp is capped at the batch's start (or
+now) before it is recorded, so it cannot push the watermark past real time.
+
+A document older than the watermark (a truly late producer) is stored and scored, but the windows
+at its new event time are not recomputed by the stream: it is counted in ``n_late`` and noted in
+``windows_pending`` (per document and model version, status ``ok`` only) until a recompute covers
+it: an on-time re-send, or :func:`pipeline.windows.backfill` over a range holding its event time.
+``finpulse pipeline status`` counts those rows and prints the backfill command for their range.
+Windows a re-sent document leaves are always recomputed, so it never counts twice.
 """
 
 from __future__ import annotations
@@ -32,7 +60,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -59,9 +87,14 @@ class BatchReport:
 
     batch_id: int
     skipped: bool
+    query_id: str = ""
+    new_epoch: bool = False       # the first batch of a query id while earlier query ids committed batches
+    offsets_mismatch: bool = False  # committed before under this query id with other offsets: written again
     n_input: int = 0
     n_documents: int = 0      # distinct documents written (after in-batch dedupe)
-    n_scored: int = 0         # document rows in the input (each one was scored)
+    n_scored: int = 0         # document rows in the input that were scored
+    n_unsupported: int = 0    # document rows not scored: the model does not read their language
+    unsupported_by_source: dict[str, int] = field(default_factory=dict)
     n_dead: int = 0           # distinct dead letters in the batch (already stored ones included)
     n_late: int = 0           # documents older than the watermark: stored, windows left to backfill
     n_duplicates: int = 0     # rows dropped by the in-batch dedupe (documents + dead letters)
@@ -118,13 +151,40 @@ def to_frame(rows) -> pd.DataFrame:
 
 
 def dedupe_documents(docs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per document id: the one with the highest Kafka offset (a replayed message)."""
+    """One row per document id: the one with the highest Kafka offset (a replayed message), carrying the union
+    of the tickers and entity links of every row of that id (the same story published under two tickers)."""
     if docs.empty:
         return docs, 0
     order = docs.assign(_off=pd.to_numeric(docs["kafka_offset"], errors="coerce").fillna(-1))
     order = order.sort_values(["_off"], kind="stable")
     kept = order.drop_duplicates("id", keep="last").drop(columns="_off")
+    if len(kept) < len(docs):
+        repeated = set(order.loc[order["id"].duplicated(keep=False), "id"])
+        groups = {doc_id: group for doc_id, group in order[order["id"].isin(repeated)].groupby("id", sort=False)}
+        kept = kept.copy()
+        for index in kept.index[kept["id"].isin(repeated)]:
+            group = groups[kept.at[index, "id"]]
+            kept.at[index, "tickers"] = merge_tickers(*group["tickers"])  # first-seen order
+            kept.at[index, "entities"] = merge_entities(*group["entities"][::-1])
     return kept, len(docs) - len(kept)
+
+
+def merge_tickers(*groups) -> list[str]:
+    """The union of ticker lists, first-seen order kept (empty and missing lists ignored)."""
+    return list(dict.fromkeys(str(t) for group in groups for t in _as_list(group) if t is not None and str(t)))
+
+
+def merge_entities(winner, *others) -> list[dict]:
+    """The winner's entity links plus the producer-ticker links of the other records of its id (the rule the
+    upsert applies across batches: text-found links follow the newest text, a producer's tickers accumulate).
+    Per (entity, model version) the winner's link wins."""
+    out: dict[tuple[str, str], dict] = {}
+    for k, group in enumerate((winner, *others)):
+        for entity in _as_list(group):
+            entity = dict(entity)
+            if entity.get("entity") and (k == 0 or entity.get("linked_by") == "producer"):
+                out.setdefault((entity["entity"], entity.get("model_version") or ""), entity)
+    return list(out.values())
 
 
 def dedupe_dead_letters(dls: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -150,14 +210,19 @@ def offsets_summary(frame: pd.DataFrame) -> dict[str, dict[str, list[int]]]:
 _DOC_COLUMNS = ["id", "schema_version", "source", "kind", "url", "title", "text", "author", "published_at",
                 "fetched_at", "lang", "tickers", "parent_id", "extra", "kafka_topic", "kafka_partition",
                 "kafka_offset", "kafka_timestamp", "novelty", "first_story_id", "batch_id"]
+# A document id seen again (the same story published under another ticker, a re-sent message) keeps the tickers
+# it had and gains the new record's: the union, in first-seen order. Every other column is the new record's.
+_TICKERS_UNION = ("ARRAY(SELECT t FROM unnest(documents.tickers || EXCLUDED.tickers) WITH ORDINALITY u(t, n) "
+                  "GROUP BY t ORDER BY min(n))")
 _DOC_UPSERT = f"""
 INSERT INTO documents ({", ".join(_DOC_COLUMNS)}) VALUES %s
-ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS if c != "id")}
+ON CONFLICT (id) DO UPDATE SET {", ".join(
+    f"{c} = {_TICKERS_UNION}" if c == "tickers" else f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS if c != "id")}
 """
 _DOC_TEMPLATE = "(" + ", ".join("%s::jsonb" if c == "extra" else "%s" for c in _DOC_COLUMNS) + ")"
 
 _SCORE_COLUMNS = ["document_id", "model_version", "published_at", "sentiment", "p_negative", "p_neutral",
-                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id"]
+                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id", "status"]
 _SCORE_UPSERT = f"""
 INSERT INTO document_scores ({", ".join(_SCORE_COLUMNS)}) VALUES %s
 ON CONFLICT (document_id, model_version) DO UPDATE SET
@@ -172,7 +237,15 @@ WHERE s.document_id = d.id AND d.id = ANY(%(ids)s) AND s.published_at IS DISTINC
 
 _ENTITY_COLUMNS = ["document_id", "entity", "entity_type", "model_version", "linked_by", "mention", "sentiment",
                    "confidence", "p_negative", "p_neutral", "p_positive"]
-_ENTITY_DELETE = "DELETE FROM document_entities WHERE document_id = ANY(%(ids)s) AND model_version = ANY(%(mvs)s)"
+# The links a re-sent document replaces: all of its links of these model versions, except a producer's ticker
+# that the document still carries (documents.tickers, the union over the records of its id).
+_ENTITY_DELETE = """
+DELETE FROM document_entities e
+USING documents d
+WHERE d.id = e.document_id AND e.document_id = ANY(%(ids)s) AND e.model_version = ANY(%(mvs)s)
+  AND NOT (e.linked_by = 'producer'
+           AND upper(e.entity) IN (SELECT upper(ltrim(t, '$')) FROM unnest(d.tickers) t))
+"""
 _ENTITY_INSERT = f"""
 INSERT INTO document_entities ({", ".join(_ENTITY_COLUMNS)}) VALUES %s
 ON CONFLICT (document_id, entity, model_version) DO UPDATE SET
@@ -187,17 +260,93 @@ ON CONFLICT (stage, source_topic, source_partition, source_offset) WHERE source_
 """
 
 _BATCH_UPSERT = """
-INSERT INTO pipeline_batches (query_name, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
-                              started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer)
-VALUES (%(query_name)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
+INSERT INTO pipeline_batches (query_name, query_id, batch_id, status, n_input, n_scored, n_dead, offsets, model_version,
+                              started_at, finished_at, n_late, n_duplicates, max_event_time, duration_ms, scorer,
+                              n_unsupported, unsupported_by_source)
+VALUES (%(query_name)s, %(query_id)s, %(batch_id)s, 'committed', %(n_input)s, %(n_scored)s, %(n_dead)s, %(offsets)s,
         %(model_version)s, %(started_at)s, now(), %(n_late)s, %(n_duplicates)s, %(max_event_time)s,
-        %(duration_ms)s, %(scorer)s)
-ON CONFLICT (query_name, batch_id) DO UPDATE SET
+        %(duration_ms)s, %(scorer)s, %(n_unsupported)s, %(unsupported_by_source)s)
+ON CONFLICT (query_name, query_id, batch_id) DO UPDATE SET
     status = 'committed', n_input = EXCLUDED.n_input, n_scored = EXCLUDED.n_scored, n_dead = EXCLUDED.n_dead,
     offsets = EXCLUDED.offsets, model_version = EXCLUDED.model_version, started_at = EXCLUDED.started_at,
     finished_at = now(), n_late = EXCLUDED.n_late, n_duplicates = EXCLUDED.n_duplicates,
-    max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer
+    max_event_time = EXCLUDED.max_event_time, duration_ms = EXCLUDED.duration_ms, scorer = EXCLUDED.scorer,
+    n_unsupported = EXCLUDED.n_unsupported, unsupported_by_source = EXCLUDED.unsupported_by_source
 """
+_BATCH_PARTITION_TIMES = """
+UPDATE pipeline_batches SET partition_event_times = %(times)s
+WHERE query_name = %(query_name)s AND query_id = %(query_id)s AND batch_id = %(batch_id)s
+"""
+
+# Per topic and partition: the highest event time its documents reached in this query's committed batches, and
+# when (the batch's started_at) it last delivered one. Batches written before 0008 count as partition ('', '').
+_PARTITION_HIGHS = """
+SELECT t.topic, p.part, max(p.ts::timestamptz), max(b.started_at)
+FROM pipeline_batches b
+CROSS JOIN LATERAL jsonb_each(coalesce(b.partition_event_times,
+                                       jsonb_build_object('', jsonb_build_object('', b.max_event_time)))) t(topic, parts)
+CROSS JOIN LATERAL jsonb_each_text(t.parts) p(part, ts)
+WHERE b.query_name = %s AND b.status = 'committed' AND p.ts IS NOT NULL
+GROUP BY t.topic, p.part
+"""
+
+# Documents stored and scored but not folded into their windows (late), until a recompute covers them.
+_PENDING_UPSERT = """
+INSERT INTO windows_pending (document_id, model_version, published_at, query_name, batch_id) VALUES %s
+ON CONFLICT (document_id, model_version) DO UPDATE SET
+    published_at = EXCLUDED.published_at, query_name = EXCLUDED.query_name, batch_id = EXCLUDED.batch_id,
+    noted_at = now()
+"""
+_PENDING_FOLDED = """
+DELETE FROM windows_pending w
+USING unnest(%(ids)s::text[], %(mvs)s::text[]) f(document_id, model_version)
+WHERE w.document_id = f.document_id AND w.model_version = f.model_version
+"""
+
+
+# Where the earlier epochs of a query name got to: the highest committed offset per topic and partition.
+_EARLIER_EPOCHS = """
+SELECT count(DISTINCT b.query_id), count(DISTINCT (b.query_id, b.batch_id)), o.topic, p.part,
+       max((p.range ->> 1)::bigint)
+FROM pipeline_batches b
+LEFT JOIN LATERAL jsonb_each(coalesce(b.offsets, '{}'::jsonb)) o(topic, parts) ON true
+LEFT JOIN LATERAL jsonb_each(o.parts) p(part, range) ON true
+WHERE b.query_name = %s AND b.query_id <> %s AND b.status = 'committed'
+GROUP BY GROUPING SETS ((), (o.topic, p.part))
+"""
+
+
+def partition_event_times(docs: pd.DataFrame, published: list[datetime],
+                          cap: datetime) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    """{(topic, partition): (earliest, latest event time)} of the batch's documents, each capped at ``cap``."""
+    out: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for topic, partition, pub in zip(docs["kafka_topic"], docs["kafka_partition"], published):
+        if pub is None or _none(topic) is None or _none(partition) is None:
+            continue
+        key, pub = (str(topic), str(int(partition))), min(pub, cap)
+        low, high = out.get(key, (pub, pub))
+        out[key] = (min(low, pub), max(high, pub))
+    return out
+
+
+def _partition_json(times: dict[tuple[str, str], tuple[datetime, datetime]]) -> dict[str, dict[str, str]]:
+    """{topic: {partition: latest event time, ISO 8601}}: what ``partition_event_times`` stores."""
+    out: dict[str, dict[str, str]] = {}
+    for (topic, partition), (_, high) in sorted(times.items()):
+        out.setdefault(topic, {})[partition] = high.isoformat()
+    return out
+
+
+def _normal_offsets(value) -> dict[str, dict[str, list[int]]]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {str(t): {str(p): [int(x) for x in r] for p, r in (parts or {}).items()}
+            for t, parts in (value or {}).items()}
+
+
+def _offsets_text(offsets: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{topic} " + ",".join(f"{p}:{r}" for p, r in sorted(parts.items(), key=lambda kv: int(kv[0])))
+                     for topic, parts in sorted(offsets.items())) or "none"
 
 
 def _bytes(value) -> bytes | None:
@@ -256,7 +405,7 @@ def _bool(value) -> bool | None:
 
 
 class PostgresSink:
-    """Writes processed micro-batches to Postgres, exactly once per (query_name, batch_id)."""
+    """Writes processed micro-batches to Postgres, exactly once per (query_name, query_id, batch_id)."""
 
     def __init__(self, engine: Engine, *, query_name: str,
                  widths: Sequence[timedelta] | str = windows.DEFAULT_WIDTHS,
@@ -270,29 +419,79 @@ class PostgresSink:
 
     # -- reading state ------------------------------------------------------------------------
 
-    def watermark(self, cursor) -> datetime | None:
-        cursor.execute(
-            "SELECT max(max_event_time) FROM pipeline_batches WHERE query_name = %s AND status = 'committed'",
-            (self.query_name,),
-        )
-        high = cursor.fetchone()[0]
-        return None if high is None else high - self.lateness
+    def watermark(self, cursor, batch: dict[tuple[str, str], tuple[datetime, datetime]] | None = None,
+                  now: datetime | None = None) -> datetime | None:
+        """The lowest per-partition event-time high minus ``lateness`` (see the module docstring), or None.
+
+        ``batch``: {(topic, partition): (earliest, latest event time)} of the batch about to be written (its
+        partitions always count; a new one with its earliest time). ``now``: that batch's start (the idle clock).
+        """
+        batch = batch or {}
+        now = now or datetime.now(timezone.utc)
+        cursor.execute(_PARTITION_HIGHS, (self.query_name,))
+        highs = {(str(topic), str(part)): (high, seen) for topic, part, high, seen in cursor.fetchall()}
+        counted = [high for key, (high, seen) in highs.items()
+                   if key in batch or seen is None or now - seen <= self.lateness]
+        counted += [low for key, (low, _) in batch.items() if key not in highs]
+        return min(counted) - self.lateness if counted else None
 
     # -- the batch ----------------------------------------------------------------------------
 
-    def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime) -> BatchReport:
-        """Write one micro-batch in one transaction; a batch id already committed is skipped.
+    def write_batch(self, batch_id: int, rows, *, scorer_name: str, started_at: datetime,
+                    query_id: str = "") -> BatchReport:
+        """Write one micro-batch in one transaction; a batch already committed (same query id, batch id and
+        offsets) is skipped.
 
-        Documents Postgres refuses are dead-lettered (see the module docstring), never retried for ever.
+        ``query_id``: the streaming query's id (its checkpoint's identity, ``pipeline.job.checkpoint_query_id``);
+        ``''`` for callers without a checkpoint. Documents Postgres refuses are dead-lettered (see the module
+        docstring), never retried for ever.
         """
         frame = to_frame(rows)
+        kwargs = {"scorer_name": scorer_name, "started_at": started_at, "query_id": query_id or ""}
         try:
-            return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+            return self._write_batch(batch_id, frame, **kwargs)
         except STORAGE_ERRORS as exc:
             log.warning("batch %s of %s: Postgres refused a row (%s); probing its documents one by one",
                         batch_id, self.query_name, _pg_error(exc))
         frame = self.quarantine(frame, batch_id)
-        return self._write_batch(batch_id, frame, scorer_name=scorer_name, started_at=started_at)
+        return self._write_batch(batch_id, frame, **kwargs)
+
+    def _check_ledger(self, cur, batch_id: int, query_id: str, offsets: dict, report: BatchReport) -> bool:
+        """True when this batch is already committed (skip it). Logs a new epoch or an offsets mismatch."""
+        cur.execute("SELECT status, offsets FROM pipeline_batches WHERE query_name = %s AND query_id = %s "
+                    "AND batch_id = %s", (self.query_name, query_id, batch_id))
+        found = cur.fetchone()
+        if found is not None and found[0] == "committed":
+            committed = _normal_offsets(found[1])
+            if committed == _normal_offsets(offsets):
+                return True
+            report.offsets_mismatch = True
+            log.warning("batch %s of %s (query id %s) was committed with offsets %s but now reads %s: the "
+                        "checkpoint and Postgres disagree; writing it again (every write is an idempotent upsert)",
+                        batch_id, self.query_name, query_id or "''", _offsets_text(committed), _offsets_text(offsets))
+            return False
+        cur.execute("SELECT 1 FROM pipeline_batches WHERE query_name = %s AND query_id = %s LIMIT 1",
+                    (self.query_name, query_id))
+        if cur.fetchone() is not None:
+            return False
+        earlier: dict[str, dict[str, int]] = {}
+        n_ids = n_batches = 0
+        cur.execute(_EARLIER_EPOCHS, (self.query_name, query_id))
+        for ids, batches, topic, part, high in cur.fetchall():
+            if topic is None and part is None:
+                n_ids, n_batches = int(ids), int(batches)
+            elif topic is not None and part is not None and high is not None:
+                earlier.setdefault(topic, {})[part] = int(high)
+        if n_ids == 0:
+            return False
+        report.new_epoch = True
+        starts = {t: {p: r[0] for p, r in parts.items()} for t, parts in offsets.items()}
+        log.warning("pipeline %s: new checkpoint (query id %s, epoch %d): Postgres holds %d committed batch(es) of "
+                    "%d earlier checkpoint(s), up to offsets %s, and this one starts at %s; it re-reads what Kafka "
+                    "still holds, which is safe: every write is an idempotent upsert by natural ids and windows are "
+                    "recomputed from stored rows", self.query_name, query_id or "''", n_ids + 1, n_batches, n_ids,
+                    _offsets_text(earlier), _offsets_text(starts))
+        return False
 
     def quarantine(self, frame: pd.DataFrame, batch_id: int) -> pd.DataFrame:
         """``frame`` with each document row Postgres refuses on its own replaced by a ``storage`` dead letter."""
@@ -333,18 +532,23 @@ class PostgresSink:
         return pd.DataFrame(records, columns=frame.columns)
 
     def _write_batch(self, batch_id: int, frame: pd.DataFrame, *, scorer_name: str,
-                     started_at: datetime) -> BatchReport:
+                     started_at: datetime, query_id: str) -> BatchReport:
         t0 = time.monotonic()
         docs = frame[frame["row_type"] == ROW_DOCUMENT]
         dls = frame[frame["row_type"] == ROW_DEAD_LETTER]
         bad = docs["model_version"].isna() | docs["id"].isna() | docs["published_at"].isna()
         if bad.any():
             raise ValueError(f"{int(bad.sum())} document rows lack id, published_at or model_version")
-        n_scored = len(docs)
+        unsupported = docs[docs["score_status"].fillna("ok") != "ok"]
+        n_scored = len(docs) - len(unsupported)
+        by_source = {str(k): int(v) for k, v in unsupported["source"].value_counts().sort_index().items()}
         docs, dup_docs = dedupe_documents(docs)
         dls, dup_dls = dedupe_dead_letters(dls)
-        report = BatchReport(batch_id=batch_id, skipped=False, n_input=len(frame), n_documents=len(docs),
-                             n_scored=n_scored, n_dead=len(dls), n_duplicates=dup_docs + dup_dls)
+        report = BatchReport(batch_id=batch_id, skipped=False, query_id=query_id, n_input=len(frame),
+                             n_documents=len(docs), n_scored=n_scored, n_dead=len(dls),
+                             n_duplicates=dup_docs + dup_dls, n_unsupported=len(unsupported),
+                             unsupported_by_source=by_source)
+        offsets = offsets_summary(frame)
         published = [_utc(v) for v in docs["published_at"]]
         ids = [str(v) for v in docs["id"]]
         model_versions = sorted({str(v) for v in docs["model_version"]})
@@ -353,20 +557,19 @@ class PostgresSink:
         try:
             with raw.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, self.query_name))
-                cur.execute("SELECT status FROM pipeline_batches WHERE query_name = %s AND batch_id = %s",
-                            (self.query_name, batch_id))
-                found = cur.fetchone()
-                if found is not None and found[0] == "committed":
+                if self._check_ledger(cur, batch_id, query_id, offsets, report):
                     raw.rollback()
                     log.info("batch %s of %s already committed; skipped", batch_id, self.query_name)
-                    return BatchReport(batch_id=batch_id, skipped=True, n_input=len(frame),
+                    return BatchReport(batch_id=batch_id, skipped=True, query_id=query_id, n_input=len(frame),
                                        duration_ms=int((time.monotonic() - t0) * 1000))
-                watermark = self.watermark(cur)
+                # A producer's far-future timestamp must not push the watermark past real time.
+                cap = max(started_at, datetime.now(timezone.utc))
+                by_partition = partition_event_times(docs, published, cap)
+                watermark = self.watermark(cur, by_partition, now=started_at)
                 late = [watermark is not None and p < watermark for p in published]
                 report.n_late = sum(late)
                 if published:
-                    # A producer's far-future timestamp must not push the watermark past real time.
-                    report.max_event_time = min(max(published), max(started_at, datetime.now(timezone.utc)))
+                    report.max_event_time = min(max(published), cap)
 
                 windows.create_points(cur)
                 if ids:
@@ -379,15 +582,21 @@ class PostgresSink:
                 on_time = [i for i, is_late in zip(ids, late) if not is_late]
                 if on_time:
                     cur.execute(windows.POINTS_OF_DOCUMENTS, {"ids": on_time, "mvs": model_versions})
+                self._note_pending(cur, docs, ids, published, late, batch_id)
                 report.n_windows = windows.recompute(cur, widths=self.widths, batch_id=batch_id)
                 report.duration_ms = int((time.monotonic() - t0) * 1000)
                 cur.execute(_BATCH_UPSERT, {
-                    "query_name": self.query_name, "batch_id": batch_id, "n_input": report.n_input,
-                    "n_scored": report.n_scored, "n_dead": report.n_dead,
-                    "offsets": Json(offsets_summary(frame)), "model_version": ",".join(model_versions) or None,
+                    "query_name": self.query_name, "query_id": query_id, "batch_id": batch_id,
+                    "n_input": report.n_input, "n_scored": report.n_scored, "n_dead": report.n_dead,
+                    "offsets": Json(offsets), "model_version": ",".join(model_versions) or None,
                     "started_at": started_at, "n_late": report.n_late, "n_duplicates": report.n_duplicates,
                     "max_event_time": report.max_event_time, "duration_ms": report.duration_ms,
-                    "scorer": scorer_name,
+                    "scorer": scorer_name, "n_unsupported": report.n_unsupported,
+                    "unsupported_by_source": Json(report.unsupported_by_source),
+                })
+                cur.execute(_BATCH_PARTITION_TIMES, {
+                    "query_name": self.query_name, "query_id": query_id, "batch_id": batch_id,
+                    "times": Json(_partition_json(by_partition)),
                 })
             raw.commit()
         except BaseException:
@@ -397,6 +606,21 @@ class PostgresSink:
             raw.close()
         report.duration_ms = int((time.monotonic() - t0) * 1000)
         return report
+
+    def _note_pending(self, cur, docs: pd.DataFrame, ids: list[str], published: list[datetime],
+                      late: list[bool], batch_id: int) -> None:
+        """Late documents (scored ``ok``) wait in ``windows_pending``; on-time ones were folded: no longer wait."""
+        if docs.empty:
+            return
+        versions = [str(v) for v in docs["model_version"]]
+        scored = [(_none(v) or "ok") == "ok" for v in docs["score_status"]]
+        folded = [(i, mv) for i, mv, is_late in zip(ids, versions, late) if not is_late]
+        if folded:
+            cur.execute(_PENDING_FOLDED, {"ids": [i for i, _ in folded], "mvs": [mv for _, mv in folded]})
+        waiting = [(i, mv, pub, self.query_name, batch_id)
+                   for i, mv, pub, is_late, ok in zip(ids, versions, published, late, scored) if is_late and ok]
+        if waiting:
+            execute_values(cur, _PENDING_UPSERT, waiting, page_size=PAGE_SIZE)
 
     # -- the tables ---------------------------------------------------------------------------
 
@@ -425,7 +649,7 @@ class PostgresSink:
         values = [
             (row.id, row.model_version, pub, row.sentiment, _float(row.p_negative), _float(row.p_neutral),
              _float(row.p_positive), _none(row.topic), _float(row.topic_confidence), _int(row.n_chunks) or 1,
-             bool(_bool(row.truncated)), batch_id)
+             bool(_bool(row.truncated)), batch_id, _none(row.score_status) or "ok")
             for row, pub in zip(docs.itertuples(index=False), published)
         ]
         execute_values(cur, _SCORE_UPSERT, values, page_size=PAGE_SIZE)
@@ -449,7 +673,8 @@ class PostgresSink:
                     _float(entity.get("confidence")), _float(entity.get("p_negative")),
                     _float(entity.get("p_neutral")), _float(entity.get("p_positive")),
                 )
-        # Replace, not merge: a re-sent document whose text no longer names a ticker loses it.
+        # Replace, not merge: a re-sent document whose text no longer names a ticker loses it; a producer's ticker
+        # stays while the document carries it (tickers are merged across the records of an id).
         versions = sorted({""} | {key[2] for key in values})
         cur.execute(_ENTITY_DELETE, {"ids": ids, "mvs": versions})
         if values:

@@ -100,6 +100,21 @@ class Source(ABC):
         self._staged.clear()
 
     # -- helpers --------------------------------------------------------------------------
+    def known(self, doc_id: str, tickers=()) -> bool:
+        """Seen in this poll, or published before with every ticker this source would give it (its configured
+        tickers and ``tickers``): nothing to fetch or publish. A story published under fewer tickers is built
+        again, and the crawler publishes it with the union."""
+        if doc_id in getattr(self, "_this_poll", ()):
+            return True
+        if not self.store.is_seen(doc_id):
+            return False
+        before = self.store.seen_tickers(doc_id)
+        if before is None:  # recorded before tickers were: treated as known
+            return True
+        from ingest.normalize import merge_tickers
+
+        return set(merge_tickers(list(self.config.tickers), list(tickers or ()))) <= set(before)
+
     def skipped(self, reason: str, detail: str = "", *, duplicate: bool = False) -> Skipped:
         return Skipped(self.name, reason, detail, duplicate)
 

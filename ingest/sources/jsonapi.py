@@ -113,17 +113,17 @@ class JsonApiSource(Source):
             doc_id = url_id(canonical)
         else:
             return self.skipped("no_url_or_id", "item has neither an id nor a URL")
-        if doc_id in self._this_poll or self.store.is_seen(doc_id):
-            return self.skipped("seen", doc_id, duplicate=True)
-        self._this_poll.add(doc_id)
-        text = get_path(item, m.text)
-        title = get_path(item, m.title)
-        parent = get_path(item, m.parent_id)
         tickers = get_path(item, m.tickers)
         if isinstance(tickers, str):
             tickers = [tickers]
         elif not isinstance(tickers, list):
             tickers = []
+        if self.known(doc_id, [str(t) for t in tickers if t is not None]):
+            return self.skipped("seen", doc_id, duplicate=True)
+        self._this_poll.add(doc_id)
+        text = get_path(item, m.text)
+        title = get_path(item, m.title)
+        parent = get_path(item, m.parent_id)
         author = get_path(item, m.author)
         return self.document(
             id=doc_id,

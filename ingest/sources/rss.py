@@ -114,7 +114,7 @@ class RssSource(Source):
             doc_id = native_id(self.name, guid)
         else:
             return self.skipped("no_url_or_id", f"entry {entry.get('title', '')!r:.80} has neither link nor id")
-        if doc_id in self._this_poll or self.store.is_seen(doc_id):
+        if self.known(doc_id):
             # Known story: do not refetch the article (politeness); the crawler counts it.
             return self.skipped("seen", doc_id, duplicate=True)
         self._this_poll.add(doc_id)

@@ -273,3 +273,40 @@ def test_a_dead_broker_costs_one_blocked_send_per_poll_not_one_per_document(site
         with_documents = sum(1 for s in summaries.values() if s.failed)
         assert calls["n"] == with_documents == 3  # one blocked send per poll with documents
         assert crawler.store.count_seen() == 0  # nothing marked seen: the next poll tries again
+
+
+def _feed(*items: tuple[str, str, str]) -> str:
+    entries = "".join(f"<item><title>{title}</title><link>{link}</link><description>{text}</description>"
+                      f"<pubDate>Wed, 01 May 2024 12:00:00 GMT</pubDate></item>" for title, link, text in items)
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{entries}</channel></rss>'
+
+
+def test_the_same_story_under_two_tickers_is_one_document_with_both(http_server, tmp_path):
+    """Two per-ticker feeds carry the same article (one id, its canonical URL). Ingest's dedup by id used to drop
+    the second feed's tickers; the story is now published again with the union (consumers upsert by id)."""
+    base = http_server.base
+    story = ("Apple and Microsoft sign cloud deal", f"{base}/articles/deal",
+             "The two companies agreed a ten-year cloud partnership worth billions of dollars.")
+    other = ("Rates on hold", f"{base}/articles/rates", "The central bank kept its policy rate unchanged again.")
+    http_server.route("/robots.txt", (200, {"Content-Type": "text/plain"}, "User-agent: *\n"))
+    http_server.route("/feeds/aapl.rss", (200, {"Content-Type": "application/rss+xml"}, _feed(story)))
+    http_server.route("/feeds/msft.rss", (200, {"Content-Type": "application/rss+xml"}, _feed(story, story, other)))
+    sources = [{"name": "aapl-feed", "type": "rss", "kind": "news", "url": f"{base}/feeds/aapl.rss",
+                "tickers": ["AAPL"], "fetch_articles": False},
+               {"name": "msft-feed", "type": "rss", "kind": "news", "url": f"{base}/feeds/msft.rss",
+                "tickers": ["MSFT"], "fetch_articles": False}]
+    config = parse_config({"http": dict(feeds.FAST_HTTP), "workers": 1, "sources": sources})
+    sink = MemorySink()
+    store = SeenStore(tmp_path / "seen.sqlite3")
+    with Crawler(config=config, sink=sink, dead_letters=MemoryDeadLetterSink(), store=store) as crawler:
+        crawler.run_once([s for s in crawler.sources if s.name == "aapl-feed"])
+        crawler.run_once([s for s in crawler.sources if s.name == "msft-feed"])
+        deal = uid(http_server, "/articles/deal")
+        published = [d for d in sink.documents if d.id == deal]
+        assert [sorted(d.tickers) for d in published] == [["AAPL"], ["AAPL", "MSFT"]]
+        assert published[1].extra["novelty"] is True and published[1].extra["first_story_id"] == deal
+        assert store.seen_tickers(deal) == ("AAPL", "MSFT")
+        # Polled again: nothing new to add, nothing published.
+        before = len(sink.documents)
+        crawler.run_once()
+        assert len(sink.documents) == before

@@ -94,3 +94,38 @@ def test_keep_warm_while_idle_uses_the_jobs_own_spark_session(settings, monkeypa
     job.state.last_activity = time.monotonic() - 60
     assert job._watch(_IdleQuery()) is None
     assert warmed and all(w == ("the job's session", "config") for w in warmed)
+
+
+def _reset(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "FINPULSE_HOME": str(tmp_path / "home"),
+           "FINPULSE_PIPELINE_CHECKPOINT_DIR": str(tmp_path / "checkpoint")}
+    return subprocess.run([sys.executable, "-m", "finpulse", "pipeline", "reset", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_reset_deletes_the_checkpoint_and_refuses_while_the_query_runs(tmp_path):
+    import os
+
+    from pipeline.job import checkpoint_query_id
+
+    checkpoint = tmp_path / "checkpoint" / "q1"
+    (checkpoint / "commits").mkdir(parents=True)
+    (checkpoint / "metadata").write_text('{"id":"3f1c0d2e-aaaa-bbbb-cccc-000000000001"}')
+    assert checkpoint_query_id(checkpoint) == "3f1c0d2e-aaaa-bbbb-cccc-000000000001"
+    progress = tmp_path / "home" / "pipeline" / "queries" / "q1" / "progress.json"
+    progress.parent.mkdir(parents=True)
+    # A foreground run of the query is alive (this test's pid stands in for it): nothing is deleted.
+    progress.write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    refused = _reset(tmp_path, "--query-name", "q1")
+    assert refused.returncode != 0 and "running in the foreground" in refused.stderr and checkpoint.exists()
+    # Stopped (or killed: its pid is gone): the checkpoint and the progress file go, and it says what that means.
+    progress.write_text(json.dumps({"state": "stopped", "pid": os.getpid()}))
+    done = _reset(tmp_path, "--query-name", "q1")
+    assert done.returncode == 0, done.stderr
+    assert f"deleted the checkpoint {checkpoint} (query id 3f1c0d2e-aaaa-bbbb-cccc-000000000001)" in done.stdout
+    assert "new epoch" in done.stdout and "idempotent upsert" in done.stdout
+    assert not checkpoint.exists() and not progress.exists()
+    again = _reset(tmp_path, "--query-name", "q1")
+    assert again.returncode == 0 and "nothing to delete" in again.stdout

@@ -317,3 +317,34 @@ def test_a_link_the_model_does_not_find_in_the_text_keeps_no_entity_score(linker
     assert entities["IBM"]["model_version"] == "" and entities["IBM"]["p_negative"] is None
     # found by its alias ("Tesla"), though the link came from the alias table, not a cashtag
     assert entities["TSLA"]["sentiment"] == "negative" and entities["TSLA"]["model_version"] == "keyword-stub"
+
+
+def test_a_document_the_model_cannot_read_is_kept_unscored_never_neutral(scorer, linker):
+    """A Chinese post for an English model: a document row of status unsupported_language, no probabilities, and
+    its text never reaches the scorer (even when the producer tagged it 'en')."""
+    seen: list[str] = []
+
+    class Counting:
+        version, languages, labels = scorer.version, scorer.languages, scorer.labels
+
+        def __getattr__(self, name):
+            return getattr(scorer, name)
+
+        def score_documents(self, texts, entities, **kw):
+            seen.extend(texts)
+            return scorer.score_documents(texts, entities, **kw)
+
+        def score_arrays(self, texts, **kw):
+            seen.extend(texts)
+            return scorer.score_arrays(texts, **kw)
+
+    zh = document("zh1", title="特斯拉股价大跌", text="$TSLA 投资者担心需求放缓，股价下跌百分之五。", lang="en")
+    recs = records([(DOCS, json.dumps(zh).encode()), (DOCS, json.dumps(document("en1")).encode())])
+    out = process_records(recs, scorer=Counting(), linker=linker, config=CONFIG).set_index("id")
+    row = out.loc["zh1"]
+    assert row.row_type == "document" and row.score_status == "unsupported_language" and row.detected_lang == "zh"
+    assert row.sentiment is None and row.topic is None and row.model_version == scorer.version
+    assert all(pd.isna(row[p]) for p in ("p_negative", "p_neutral", "p_positive"))
+    assert {e["entity"] for e in row.entities} == {"TSLA"} and all(e["sentiment"] is None for e in row.entities)
+    assert out.loc["en1"].score_status == "ok" and out.loc["en1"].sentiment in ("negative", "neutral", "positive")
+    assert len(seen) == 1 and "Tesla" in seen[0]

@@ -116,8 +116,9 @@ def test_replaying_a_committed_batch_changes_nothing_and_a_resent_document_count
     first = write(sink, 0, rows)
     assert not first.skipped
     before = snapshot(engine)
-    # Spark replays batch 0 after a crash (even with other content, e.g. re-read offsets): nothing moves.
-    replay = write(sink, 0, rows + [doc_row("c", T0, offset=4)])
+    # Spark replays batch 0 after a crash (the same offsets from the same checkpoint): nothing moves.
+    # (Other offsets under the same batch id are a mismatch: test_a_batch_id_committed_with_other_offsets_...)
+    replay = write(sink, 0, rows)
     assert replay.skipped and replay.n_windows == 0
     assert snapshot(engine) == before
     # The producer re-sends "a" and the bad message is re-read in a later batch: counted once.
@@ -129,6 +130,47 @@ def test_replaying_a_committed_batch_changes_nothing_and_a_resent_document_count
     assert count(engine, "SELECT count(*) FROM dead_letters") == 1
     assert count(engine, "SELECT kafka_offset FROM documents WHERE id = 'a'") == 10
     assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'") == 2
+
+
+def test_a_new_query_id_is_a_new_epoch_whose_batch_0_is_written(engine, sink, caplog):
+    """Checkpoint lost: the new query id numbers its batches from 0 again; its records are new, not committed."""
+    first = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1)]), scorer_name="test",
+                             started_at=datetime.now(timezone.utc), query_id="old-checkpoint")
+    assert not first.skipped and not first.new_epoch
+    # The new checkpoint re-reads a and b and reads c: batch 0 again, under another query id.
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        again = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1),
+                                           doc_row("c", T0, offset=2)]), scorer_name="test",
+                                 started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert not again.skipped and again.new_epoch and again.query_id == "new-checkpoint"
+    lines = [r.getMessage() for r in caplog.records if "new checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "epoch 2" in lines[0] and "up to offsets docs 0:1," in lines[0] and "starts at docs 0:0;" in lines[0], lines
+    assert count(engine, "SELECT count(*) FROM documents") == 3
+    assert count(engine, "SELECT count(*) FROM document_scores") == 3
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+    assert _rows(engine, "SELECT query_id, batch_id FROM pipeline_batches ORDER BY query_id") == [
+        ("new-checkpoint", 0), ("old-checkpoint", 0)]
+    # The new epoch's replay of its own batch 0 is skipped; its next batch is no new epoch.
+    replay = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1),
+                                        doc_row("c", T0, offset=2)]), scorer_name="test",
+                              started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert replay.skipped
+    nxt = sink.write_batch(1, frame([doc_row("d", T0, offset=3)]), scorer_name="test",
+                           started_at=datetime.now(timezone.utc), query_id="new-checkpoint")
+    assert not nxt.skipped and not nxt.new_epoch
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 4
+
+
+def test_a_batch_id_committed_with_other_offsets_is_a_mismatch_and_is_written(engine, sink, caplog):
+    write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2)])
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        report = write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2), doc_row("c", T0, offset=3)])
+    assert not report.skipped and report.offsets_mismatch and not report.new_epoch
+    assert [r for r in caplog.records if "checkpoint and Postgres disagree" in r.getMessage()]
+    assert count(engine, "SELECT count(*) FROM documents") == 3
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 3
+    assert count(engine, "SELECT offsets->'docs'->'0' FROM pipeline_batches WHERE batch_id = 0")  == [1, 3]
+    assert count(engine, "SELECT count(*) FROM pipeline_batches") == 1
 
 
 def test_a_resent_document_with_a_new_time_and_tickers_leaves_its_old_windows(engine, sink):
@@ -255,3 +297,179 @@ def test_a_document_postgres_refuses_is_dead_lettered_and_the_batch_commits(engi
     assert payload["id"] == "bad" and payload["text"] == "evil" and payload["tickers"] == ["AAPL"]
     assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 1
     assert count(engine, "SELECT status FROM pipeline_batches WHERE batch_id = 0") == "committed"
+
+
+def test_an_unsupported_language_document_is_stored_unscored_and_in_no_window(engine, sink):
+    zh = doc_row("zh", T0, offset=2, source="weibo", tickers=["TSLA"], topic=None, text="特斯拉股价大跌")
+    zh.update(score_status="unsupported_language", detected_lang="zh", sentiment=None, p_negative=None,
+              p_neutral=None, p_positive=None, topic_confidence=None)
+    report = write(sink, 0, [doc_row("en", T0, offset=1, tickers=["TSLA"]), zh])
+    assert (report.n_scored, report.n_unsupported, report.unsupported_by_source) == (1, 1, {"weibo": 1})
+    assert _rows(engine, "SELECT document_id, status, sentiment, p_negative, p_neutral, p_positive FROM document_scores "
+                         "ORDER BY document_id") == [("en", "ok", "positive", 0.2, 0.3, 0.5),
+                                                     ("zh", "unsupported_language", None, None, None, None)]
+    assert count(engine, "SELECT count(*) FROM documents") == 2
+    assert count(engine, "SELECT count(*) FROM sentiment_windows WHERE key = 'weibo'") == 0
+    assert count(engine, "SELECT max(n_docs) FROM sentiment_windows WHERE dimension IN ('all', 'ticker')") == 1
+    assert _rows(engine, "SELECT n_scored, n_unsupported, unsupported_by_source FROM pipeline_batches") == [
+        (1, 1, {"weibo": 1})]
+    # The analysts' views give sentiment only where there is one.
+    assert count(engine, "SELECT count(*) FROM document_sentiment") == 1
+    assert count(engine, "SELECT status FROM document_detail WHERE id = 'zh'") == "unsupported_language"
+
+
+def _producer(row: dict) -> dict:
+    for e in row["entities"]:
+        e["linked_by"] = "producer"
+    return row
+
+
+def test_the_same_story_under_two_tickers_keeps_both_in_one_batch_and_across_batches(engine, sink):
+    # One batch: the story arrives twice, once per ticker (two feeds, or a replayed file with a row per ticker).
+    write(sink, 0, [_producer(doc_row("s1", T0, offset=1, tickers=["AAPL"])),
+                    _producer(doc_row("s1", T0, offset=2, tickers=["MSFT"]))])
+    assert count(engine, "SELECT tickers FROM documents WHERE id = 's1'") == ["AAPL", "MSFT"]
+    assert _rows(engine, "SELECT entity FROM document_entities WHERE document_id = 's1' ORDER BY entity") == [
+        ("AAPL",), ("MSFT",)]
+    # A later batch: the same id under a third ticker adds it; nothing is lost, nothing counted twice.
+    write(sink, 1, [_producer(doc_row("s1", T0, offset=3, tickers=["NVDA"]))])
+    assert count(engine, "SELECT tickers FROM documents WHERE id = 's1'") == ["AAPL", "MSFT", "NVDA"]
+    assert _rows(engine, "SELECT entity FROM document_entities WHERE document_id = 's1' ORDER BY entity") == [
+        ("AAPL",), ("MSFT",), ("NVDA",)]
+    w = windows_frame(engine)
+    day = w[(w.width_seconds == 86400) & (w.dimension == "ticker")].set_index("key").n_docs.to_dict()
+    assert day == {"AAPL": 1, "MSFT": 1, "NVDA": 1}
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 86400") == 1
+    assert count(engine, "SELECT count(*) FROM document_scores") == 1
+
+
+# -- lateness per partition -------------------------------------------------------------------------------------
+
+def _all_daily_docs(engine) -> int:
+    return count(engine, "SELECT coalesce(sum(n_docs), 0) FROM sentiment_windows WHERE dimension = 'all' "
+                         "AND width_seconds = 86400")
+
+
+def _windows_state(engine) -> list[tuple]:
+    return sorted(map(tuple, _rows(engine, "SELECT dimension, key, window_start, window_end, model_version, n_docs, "
+                                           "n_negative, n_neutral, n_positive, round(sum_score::numeric, 6), "
+                                           "n_first_stories FROM sentiment_windows")))
+
+
+def test_a_partition_behind_in_event_time_holds_the_watermark_back_so_no_batch_cut_makes_documents_late(engine):
+    """Partition 0 is ten days ahead of partition 1 (each in event-time order), read in many small batches that
+    drain partition 0 first, the way Spark splits maxOffsetsPerTrigger by backlog: no document is late, every
+    one is in the windows, and the windows equal those of writing everything in one batch."""
+    sink = PostgresSink(engine, query_name="uneven", widths="1m,1h,1d", lateness="1d")
+    ahead = [doc_row(f"p0-{i}", T0 + timedelta(days=10, minutes=37 * i), offset=i, partition=0,
+                     source=["src-a", "src-b"][i % 2], p=[(0.6, 0.3, 0.1), (0.1, 0.2, 0.7)][i % 2])
+             for i in range(60)]
+    behind = [doc_row(f"p1-{i}", T0 + timedelta(minutes=53 * i), offset=i, partition=1, tickers=["AAPL"])
+              for i in range(60)]
+    batches, a, b = [], 0, 0
+    while a < len(ahead) or b < len(behind):
+        take_a, take_b = (7, 1) if a < len(ahead) else (0, 9)  # uneven: partition 0 runs days ahead
+        batches.append(ahead[a:a + take_a] + behind[b:b + take_b])
+        a, b = a + take_a, b + take_b
+    assert len(batches) > 10
+    reports = [write(sink, k, rows) for k, rows in enumerate(batches)]
+    assert sum(r.n_late for r in reports) == 0
+    assert _all_daily_docs(engine) == 120
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 0
+    streamed = _windows_state(engine)
+    times = _rows(engine, "SELECT partition_event_times FROM pipeline_batches WHERE query_name = 'uneven' "
+                          "AND batch_id = 0")[0][0]
+    assert set(times["docs"]) == {"0", "1"}
+
+    # The same documents in one batch (a fresh ledger, every window recomputed from the stored rows).
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM sentiment_windows"))
+    one = PostgresSink(engine, query_name="one-batch", widths="1m,1h,1d", lateness="1d")
+    assert write(one, 0, ahead + behind).n_late == 0
+    assert _windows_state(engine) == streamed
+
+
+def test_an_idle_partition_stops_holding_the_watermark_back_after_the_lateness(engine):
+    """Partition 1 delivered at T0 and went quiet: within the lateness (wall clock) it holds the watermark back,
+    after it a truly late document on partition 0 is late again; once it delivers again it counts again."""
+    now = datetime.now(timezone.utc)
+
+    def at(sink, batch_id, rows, started_at):
+        return sink.write_batch(batch_id, frame(rows), scorer_name="test", started_at=started_at)
+
+    for name, quiet_since, expect_late in (("held", now - timedelta(hours=1), 0), ("idle", now - timedelta(days=2), 1)):
+        sink = PostgresSink(engine, query_name=name, widths="1m,1h,1d", lateness="1d")
+        at(sink, 0, [doc_row(f"{name}-p1", T0, offset=1, partition=1)], quiet_since)
+        at(sink, 1, [doc_row(f"{name}-p0-{i}", T0 + timedelta(days=5, hours=i), offset=i, partition=0)
+                     for i in range(3)], now)
+        raw = engine.raw_connection()
+        try:
+            held_back = T0 - timedelta(days=1)  # partition 1's high minus the lateness
+            without_p1 = T0 + timedelta(days=5, hours=2) - timedelta(days=1)
+            assert sink.watermark(raw.cursor(), now=now) == (held_back if expect_late == 0 else without_p1), name
+        finally:
+            raw.close()
+        straggler = at(sink, 2, [doc_row(f"{name}-late", T0 + timedelta(days=1), offset=9, partition=0)], now)
+        assert straggler.n_late == expect_late, name
+        # The quiet partition delivers again (in its own event-time order): it counts again, nothing is late.
+        back = at(sink, 3, [doc_row(f"{name}-p1-again", T0 + timedelta(hours=2), offset=2, partition=1)], now)
+        assert back.n_late == 0, name
+
+
+def test_a_far_future_timestamp_does_not_push_the_partition_watermark_past_real_time(engine, sink):
+    started = datetime.now(timezone.utc)
+    write(sink, 0, [doc_row("future", datetime(2999, 1, 1, tzinfo=timezone.utc), offset=1)])
+    times = _rows(engine, "SELECT partition_event_times FROM pipeline_batches WHERE batch_id = 0")[0][0]
+    assert datetime.fromisoformat(times["docs"]["0"]) <= datetime.now(timezone.utc)
+    assert datetime.fromisoformat(times["docs"]["0"]) >= started
+    # A document of today is not late: the watermark is at most now minus the lateness.
+    assert write(sink, 1, [doc_row("today", datetime.now(timezone.utc) - timedelta(hours=1), offset=2)]).n_late == 0
+
+
+def test_late_documents_wait_for_a_backfill_until_the_printed_command_folds_them_in(engine, sink, fresh_db, monkeypatch, capsys):
+    from click.testing import CliRunner
+
+    from finpulse.pending import line, pending_backfill
+    from pipeline import cli as pipeline_cli
+
+    write(sink, 0, [doc_row("now", T0, offset=1)])
+    late = [doc_row("late-1", T0 - timedelta(days=3, seconds=0.5), offset=2),
+            doc_row("late-2", T0 - timedelta(days=2, hours=5), offset=3)]
+    assert write(sink, 1, late + [doc_row("fresh", T0 + timedelta(hours=1), offset=4)]).n_late == 2
+    # Re-sent late again: still two documents waiting, not three.
+    assert write(sink, 2, [doc_row("late-2", T0 - timedelta(days=2, hours=5), offset=5)]).n_late == 1
+    with engine.connect() as conn:
+        pending = pending_backfill(conn)
+    assert pending["documents"] == 2
+    assert pending["since"] == "2024-04-28T11:59:59Z" and pending["until"] == "2024-04-29T07:00:01Z"
+    assert pending["command"] == "finpulse pipeline backfill --since 2024-04-28T11:59:59Z --until 2024-04-29T07:00:01Z"
+    assert line(pending).startswith("2 document(s) wait for a backfill") and line(pending).endswith(pending["command"])
+
+    monkeypatch.setattr(pipeline_cli, "_settings", lambda: fresh_db)
+    runner = CliRunner()
+    text = runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query"])
+    assert line(pending) in text.output, text.output
+    as_json = json.loads(runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query", "--json"]).output)
+    assert as_json["backfill"] == pending
+    # `make run`'s end-of-run summary says the same.
+    from finpulse.run import _print_summary
+    _print_summary(fresh_db)
+    assert line(pending) in capsys.readouterr().out
+
+    # The printed command, run as printed: the documents are in their windows and no longer wait.
+    args = pending["command"].split()[2:]
+    result = runner.invoke(pipeline_cli.cli, args)
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert pending_backfill(conn)["documents"] == 0
+    assert _all_daily_docs(engine) == 4
+    assert "backfill" not in runner.invoke(pipeline_cli.cli, ["status", "--query-name", "test-query"]).output
+
+
+def test_a_late_document_re_sent_on_time_no_longer_waits(engine, sink):
+    write(sink, 0, [doc_row("now", T0, offset=1)])
+    assert write(sink, 1, [doc_row("moved", T0 - timedelta(days=3), offset=2)]).n_late == 1
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 1
+    assert write(sink, 2, [doc_row("moved", T0 + timedelta(minutes=5), offset=3)]).n_late == 0
+    assert count(engine, "SELECT count(*) FROM windows_pending") == 0
+    assert _all_daily_docs(engine) == 2
