@@ -416,6 +416,8 @@ class PostgresSink:
         if not self.widths:
             raise ValueError("PostgresSink needs at least one window width")
         self.lateness = windows.parse_duration(lateness)
+        # What was logged already (a batch Postgres refused a row of is written twice: one line still)
+        self._announced: set[tuple] = set()
 
     # -- reading state ------------------------------------------------------------------------
 
@@ -466,6 +468,9 @@ class PostgresSink:
             if committed == _normal_offsets(offsets):
                 return True
             report.offsets_mismatch = True
+            if ("mismatch", query_id, batch_id) in self._announced:
+                return False
+            self._announced.add(("mismatch", query_id, batch_id))
             log.warning("batch %s of %s (query id %s) was committed with offsets %s but now reads %s: the "
                         "checkpoint and Postgres disagree; writing it again (every write is an idempotent upsert)",
                         batch_id, self.query_name, query_id or "''", _offsets_text(committed), _offsets_text(offsets))
@@ -484,7 +489,20 @@ class PostgresSink:
                 earlier.setdefault(topic, {})[part] = int(high)
         if n_ids == 0:
             return False
-        report.new_epoch = True
+        cur.execute("SELECT DISTINCT query_id FROM pipeline_batches WHERE query_name = %s AND query_id <> %s",
+                    (self.query_name, query_id))
+        earlier_ids = {row[0] for row in cur.fetchall()}
+        report.new_epoch = earlier_ids != {""}
+        if ("epoch", query_id) in self._announced:
+            return False
+        self._announced.add(("epoch", query_id))
+        if earlier_ids == {""}:
+            # Rows written before the ledger recorded query ids (migration 0006): the checkpoint may be the same.
+            log.warning("pipeline %s: query id %s is the first the batch ledger records (%d earlier batch(es) "
+                        "have none, up to offsets %s); its batches are written whatever those committed, which "
+                        "is safe: every write is an idempotent upsert", self.query_name, query_id, n_batches,
+                        _offsets_text(earlier))
+            return False
         starts = {t: {p: r[0] for p, r in parts.items()} for t, parts in offsets.items()}
         log.warning("pipeline %s: new checkpoint (query id %s, epoch %d): Postgres holds %d committed batch(es) of "
                     "%d earlier checkpoint(s), up to offsets %s, and this one starts at %s; it re-reads what Kafka "

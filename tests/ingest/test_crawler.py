@@ -310,3 +310,19 @@ def test_the_same_story_under_two_tickers_is_one_document_with_both(http_server,
         before = len(sink.documents)
         crawler.run_once()
         assert len(sink.documents) == before
+
+
+def test_two_records_of_one_id_in_one_poll_are_one_document_with_both_tickers(http_server, tmp_path):
+    from ingest.crawler import PollSummary
+    from ingest.document import build_document
+
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    config = parse_config({"http": dict(feeds.FAST_HTTP), "workers": 1, "sources": [
+        {"name": "s", "type": "rss", "kind": "news", "url": f"{http_server.base}/feeds/none.rss"}]})
+    docs = [build_document(id="story-1", source="s", kind="news", fetched_at=now, published_at=now,
+                           title="Apple and Microsoft sign cloud deal", text="A ten-year cloud partnership.",
+                           tickers=[t], detect_lang=False) for t in ("AAPL", "MSFT")]
+    with Crawler(config=config, sink=MemorySink(), dead_letters=MemoryDeadLetterSink(),
+                 store=SeenStore(tmp_path / "seen.sqlite3")) as crawler:
+        batch = crawler._novel(docs, PollSummary("s"))
+    assert [(d.id, sorted(d.tickers)) for d, _ in batch] == [("story-1", ["AAPL", "MSFT"])]

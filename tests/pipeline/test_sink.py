@@ -161,6 +161,17 @@ def test_a_new_query_id_is_a_new_epoch_whose_batch_0_is_written(engine, sink, ca
     assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all' AND width_seconds = 60") == 4
 
 
+def test_batches_from_before_query_ids_are_no_new_epoch_but_never_skip_the_first_recorded_one(engine, sink, caplog):
+    write(sink, 0, [doc_row("a", T0, offset=0)])  # query id '': a ledger row written before migration 0006
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        report = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1)]),
+                                  scorer_name="test", started_at=datetime.now(timezone.utc), query_id="q-1")
+    assert not report.skipped and not report.new_epoch
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "query id q-1 is the first the batch ledger records" in lines[0], lines
+    assert count(engine, "SELECT count(*) FROM documents") == 2
+
+
 def test_a_batch_id_committed_with_other_offsets_is_a_mismatch_and_is_written(engine, sink, caplog):
     write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2)])
     with caplog.at_level("WARNING", logger="pipeline.sink"):
@@ -473,3 +484,16 @@ def test_a_late_document_re_sent_on_time_no_longer_waits(engine, sink):
     assert write(sink, 2, [doc_row("moved", T0 + timedelta(minutes=5), offset=3)]).n_late == 0
     assert count(engine, "SELECT count(*) FROM windows_pending") == 0
     assert _all_daily_docs(engine) == 2
+
+
+def test_a_new_epoch_is_announced_once_even_when_its_batch_is_written_twice(engine, sink, caplog):
+    """A refused document makes write_batch write the batch a second time (after quarantine): still one line."""
+    sink.write_batch(0, frame([doc_row("a", T0, offset=0)]), scorer_name="test", started_at=datetime.now(timezone.utc),
+                     query_id="old")
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE documents ADD CONSTRAINT test_no_evil CHECK (text <> 'evil')"))
+    with caplog.at_level("WARNING", logger="pipeline.sink"):
+        report = sink.write_batch(0, frame([doc_row("a", T0, offset=0), doc_row("b", T0, offset=1, text="evil")]),
+                                  scorer_name="test", started_at=datetime.now(timezone.utc), query_id="new")
+    assert report.new_epoch and not report.skipped and report.n_dead == 1
+    assert len([r for r in caplog.records if "new checkpoint" in r.getMessage()]) == 1
