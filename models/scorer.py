@@ -283,7 +283,7 @@ def forward_chunks(
             if contributions is not None:
                 head = network.heads["sentiment"]
                 shares = (hidden.float() @ head.weight.float().T) / mask_tensor.sum(1, keepdim=True)[:, :, None]
-                shares = shares.cpu().numpy()
+                shares = shares.float().cpu().numpy()  # autocast runs the matmul in bf16; numpy has no bf16
                 for row, i in enumerate(batch):
                     contributions.append((int(i), shares[row, : lengths[i]]))
             asked = [(row, q) for row, i in enumerate(batch) for q in by_chunk.get(int(i), ())]

@@ -229,7 +229,16 @@ def _score_columns(scores, i: int) -> dict[str, Any]:
         "topic": scores.topic[i],
         "topic_confidence": None if pd.isna(scores.topic_confidence[i]) else float(scores.topic_confidence[i]),
         "n_chunks": int(scores.n_chunks[i]), "truncated": bool(scores.truncated[i]),
+        "evidence": _evidence_json(scores.evidence[i]),
     }
+
+
+def _evidence_json(words) -> str | None:
+    """The scorer's evidence words ([[word, share], ...], strongest first; computed from the pass it ran anyway)
+    as the JSON document_scores.evidence holds: [{"word", "weight"}, ...]."""
+    if words is None:
+        return None
+    return json.dumps([{"word": str(w), "weight": round(float(share), 3)} for w, share in words])
 
 
 def _document_columns(doc: Document) -> dict[str, Any]:
@@ -320,12 +329,12 @@ def score_documents(scorer, linker: EntityLinker, pending: list[tuple[int, Docum
     if has_entity_head(scorer):
         # One call per Arrow batch: the scorer sorts and batches chunks by length itself.
         scores, entity_arrays = scorer.score_documents(contents, [[link.names for link in doc] for doc in links],
-                                                       max_chunks=config.max_chunks)
+                                                       max_chunks=config.max_chunks, evidence=True)
         n_links = sum(len(doc) for doc in links)
         if len(entity_arrays) != n_links:
             raise RuntimeError(f"scorer returned {len(entity_arrays)} entity scores for {n_links} links")
     else:
-        scores = scorer.score_arrays(contents, max_chunks=config.max_chunks)
+        scores = scorer.score_arrays(contents, max_chunks=config.max_chunks, evidence=True)
     if len(scores) != len(pending):
         raise RuntimeError(f"scorer returned {len(scores)} results for {len(pending)} texts")
     entity_index = 0

@@ -42,6 +42,7 @@ PROCESSED_FIELDS: list[tuple[str, str]] = [
     ("model_version", "string"), ("sentiment", "string"), ("p_negative", "float"), ("p_neutral", "float"),
     ("p_positive", "float"), ("topic", "string"), ("topic_confidence", "float"), ("n_chunks", "int"),
     ("truncated", "boolean"), ("entities", f"array<{ENTITY_DDL}>"),
+    ("evidence", "string"),  # JSON [{"word", "weight"}, ...]: the words that pushed the document's sentiment
     # "ok", or "unsupported_language" (the model does not read the document's language: no sentiment, no
     # probabilities, no window; detected_lang says which language), see pipeline.language
     ("score_status", "string"), ("detected_lang", "string"),

@@ -222,7 +222,7 @@ ON CONFLICT (id) DO UPDATE SET {", ".join(
 _DOC_TEMPLATE = "(" + ", ".join("%s::jsonb" if c == "extra" else "%s" for c in _DOC_COLUMNS) + ")"
 
 _SCORE_COLUMNS = ["document_id", "model_version", "published_at", "sentiment", "p_negative", "p_neutral",
-                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id", "status"]
+                  "p_positive", "topic", "topic_confidence", "n_chunks", "truncated", "batch_id", "status", "evidence"]
 _SCORE_UPSERT = f"""
 INSERT INTO document_scores ({", ".join(_SCORE_COLUMNS)}) VALUES %s
 ON CONFLICT (document_id, model_version) DO UPDATE SET
@@ -667,7 +667,8 @@ class PostgresSink:
         values = [
             (row.id, row.model_version, pub, row.sentiment, _float(row.p_negative), _float(row.p_neutral),
              _float(row.p_positive), _none(row.topic), _float(row.topic_confidence), _int(row.n_chunks) or 1,
-             bool(_bool(row.truncated)), batch_id, _none(row.score_status) or "ok")
+             bool(_bool(row.truncated)), batch_id, _none(row.score_status) or "ok",
+             _none(getattr(row, "evidence", None)))
             for row, pub in zip(docs.itertuples(index=False), published)
         ]
         execute_values(cur, _SCORE_UPSERT, values, page_size=PAGE_SIZE)

@@ -31,7 +31,7 @@ class KeywordScorer:
         e = np.exp(logits - logits.max())
         return e / e.sum()
 
-    def score_arrays(self, texts, *, max_chunks=None) -> ScoreArrays:
+    def score_arrays(self, texts, *, max_chunks=None, evidence=False) -> ScoreArrays:
         texts = list(texts)
         self.calls.append(texts)
         result = ScoreArrays.empty(len(texts), model_version=self.version)
@@ -43,6 +43,12 @@ class KeywordScorer:
             result.sentiment[i] = LABELS[int(p.argmax())]
             result.p_negative[i], result.p_neutral[i], result.p_positive[i] = p
             result.n_chunks[i] = 1
+            if evidence:  # the words whose weights push towards the predicted label, strongest first
+                label = int(p.argmax())
+                pushes = {w: self.weights[w][label] - np.mean(np.delete(self.weights[w], label))
+                          for w in dict.fromkeys(text.lower().replace(",", " ").split()) if w in self.weights}
+                total = sum(abs(v) for v in pushes.values()) or 1.0
+                result.evidence[i] = [[w, v / total] for w, v in sorted(pushes.items(), key=lambda kv: -kv[1]) if v > 0]
         return result
 
 
@@ -53,12 +59,12 @@ class KeywordEntityScorer(KeywordScorer):
     labels = {"sentiment": LABELS, "entity": LABELS}
     entity_input = {"mark": False, "pooling": "span"}
 
-    def score_documents(self, texts, entities, *, max_chunks=None):
+    def score_documents(self, texts, entities, *, max_chunks=None, evidence=False):
         from models.entity import span_text
         from models.results import STATUS_NOT_FOUND, EntityArrays
 
         texts = list(texts)
-        documents = self.score_arrays(texts, max_chunks=max_chunks)  # records the one call
+        documents = self.score_arrays(texts, max_chunks=max_chunks, evidence=evidence)  # records the one call
         arrays = EntityArrays.empty(sum(len(e) for e in entities), model_version=self.version)
         k = 0
         for text, asked in zip(texts, entities, strict=True):

@@ -138,7 +138,7 @@ class Exploding:
     version = "boom@0"
     labels = {"sentiment": ["negative", "neutral", "positive"]}
 
-    def score_arrays(self, texts, *, max_chunks=None):
+    def score_arrays(self, texts, *, max_chunks=None, evidence=False):
         raise RuntimeError("CUDA out of memory")
 
 
@@ -296,7 +296,7 @@ def test_an_entity_scorer_failure_propagates(linker):
     from tests.models.keyword_scorer import KeywordEntityScorer
 
     class Broken(KeywordEntityScorer):
-        def score_documents(self, texts, entities, *, max_chunks=None):
+        def score_documents(self, texts, entities, *, max_chunks=None, evidence=False):
             raise RuntimeError("entity head down")
 
     with pytest.raises(RuntimeError, match="entity head down"):
@@ -348,3 +348,30 @@ def test_a_document_the_model_cannot_read_is_kept_unscored_never_neutral(scorer,
     assert {e["entity"] for e in row.entities} == {"TSLA"} and all(e["sentiment"] is None for e in row.entities)
     assert out.loc["en1"].score_status == "ok" and out.loc["en1"].sentiment in ("negative", "neutral", "positive")
     assert len(seen) == 1 and "Tesla" in seen[0]
+
+
+def test_evidence_words_reach_document_scores(fresh_db, linker):
+    """The scorer's evidence words (asked for in the same call that scores the batch) are stored as
+    document_scores.evidence, [{"word", "weight"}] strongest first, what the dashboard's ticker page lists."""
+    from datetime import datetime, timezone
+
+    import sqlalchemy as sa
+
+    from finpulse import db
+    from pipeline.sink import PostgresSink
+    from tests.models.keyword_scorer import KeywordEntityScorer
+
+    weights = {"slumps": (3.0, 0.0, 0.0), "recall": (1.0, 0.0, 0.0), "soars": (0.0, 0.0, 3.0)}
+    doc = document("ev", title="$TSLA slumps after a recall", text="", tickers=[])
+    out = process_records(records([(DOCS, json.dumps(doc).encode())]), scorer=KeywordEntityScorer(weights),
+                          linker=linker, config=CONFIG)
+    assert [w["word"] for w in json.loads(out.iloc[0]["evidence"])] == ["slumps", "recall"]
+    engine = db.engine(fresh_db)
+    try:
+        PostgresSink(engine, query_name="evidence").write_batch(0, out, scorer_name="in-process",
+                                                                started_at=datetime.now(timezone.utc))
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT evidence FROM document_scores WHERE document_id = 'ev'")).scalar_one()
+    finally:
+        engine.dispose()
+    assert [w["word"] for w in stored] == ["slumps", "recall"] and stored[0]["weight"] > stored[1]["weight"] > 0
