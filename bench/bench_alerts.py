@@ -1,6 +1,6 @@
 """Benchmark: one alert evaluation over many scopes x days of hourly windows, and its query plans.
 
-    . /tmp/teststack.env   # or any FINPULSE_* pointing at a running Postgres
+    .venv/bin/finpulse stack up   # the embedded Postgres (or any FINPULSE_* pointing at a running one)
     .venv/bin/python bench/bench_alerts.py --scopes 10000 --days 30 --repeats 5
 
 Builds a scratch database (``--db``, dropped at the end unless ``--keep``; ``--reuse`` skips the

@@ -12,6 +12,7 @@
 #   full_cw0, full_cw1 (full_mark with class weights inverse frequency ^ 0 (plain CE) and ^ 1; full_mark has ^ 0.5)
 #   full_len128 (full_mark reading up to 128 word pieces instead of 64)
 #   span (round 5: the entity head reads the document's own pass, its mean and the mention's pieces; unmarked)
+#   span_mark (span, with every linked entity's mentions marked « » in the document's one pass)
 #   (full and lora read entity pairs as round 2 did, unmarked; the others mark the entity's mentions)
 # bench/levers_table.py OUT_DIR prints the table. Reads ../shared (evaluation data), so it lives in bench/.
 set -euo pipefail
@@ -46,6 +47,7 @@ for run in "${RUNS[@]}"; do
     full_cw1)        args=("${recipe[@]}" --mode full --with-comments --entity-mark --class-weight-power 1) ;;
     full_len128)     args=("${recipe[@]}" --mode full --with-comments --entity-mark --max-length 128) ;;
     span)            args=("${recipe[@]}" --mode full --with-comments --no-entity-mark --entity-pooling span) ;;
+    span_mark)       args=("${recipe[@]}" --mode full --with-comments --entity-mark --entity-pooling span) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   dir=$OUT/$run
