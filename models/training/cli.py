@@ -58,10 +58,11 @@ import click
 @click.option("--distill-weight", type=float, default=1.0, show_default=True, help="Weight of the distillation loss (with --teacher).")
 @click.option("--entity-mark/--no-entity-mark", default=True, show_default=True,
               help="With --with-entities: wrap the entity's mentions in the text in « » so the encoder sees where it is named.")
-@click.option("--entity-pooling", type=click.Choice(["span", "mean", "segment"]), default="span", show_default=True,
-              help="With --with-entities: span = the entity head reads the text's own pass (the text's mean and its mentions' "
-                   "pieces: one encoder pass per document for every entity); mean / segment = a pass per (entity, text) "
-                   "pair, reading the all-token mean, or that plus the entity's own pieces.")
+@click.option("--entity-pooling", type=click.Choice(["mean", "segment", "span"]), default="mean", show_default=True,
+              help="With --with-entities: mean / segment = a pass per (entity, text) pair, reading the all-token mean, "
+                   "or that plus the entity's own pieces (the shipped model: mean); span = the entity head reads the "
+                   "text's own pass (the text's mean and its mentions' pieces: one encoder pass per document for every "
+                   "entity; measured in bench/model_reports round 5, not shipped).")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(mode, out, base, sentiment_data, text_column, label_column, label_map, epochs, max_steps,

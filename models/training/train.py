@@ -75,7 +75,7 @@ class TrainConfig:
     teacher: str | None = None  # a model folder whose sentiment/topic probabilities the student also learns
     distill_weight: float = 1.0  # the distillation loss's weight against the labelled heads'
     entity_mark: bool = True  # wrap the entity's mentions in the text in « » (models.entity.mark_mentions)
-    entity_pooling: str = "span"  # what the entity head reads (models.network.ENTITY_POOLINGS)
+    entity_pooling: str = "mean"  # what the entity head reads (models.network.ENTITY_POOLINGS)
     progress: bool = True
     threads: int | None = None
 

@@ -14,6 +14,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import free_port
 from tests.pipeline.conftest import (
     committed_batches,
     expected_windows,
