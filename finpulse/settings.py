@@ -1,4 +1,4 @@
-"""One settings model for every finpulse component.
+"""The settings of every finpulse component: one part per component, composed into one ``Settings``.
 
 Every field reads the environment variable ``FINPULSE_<FIELD>`` (case-insensitive), so an
 operator configures a deployment without touching files. Secrets are ``SecretStr``: their
@@ -34,21 +34,44 @@ class EmbeddedPostgresMissing(RuntimeError):
     """The embedded cluster was never started under this state dir, so there is no password to use."""
 
 
+def _absolute_path(value: Path | None) -> Path | None:
+    # Absolute, because the stack hands these paths to child processes with other cwds.
+    return None if value is None else Path(os.path.abspath(os.path.expanduser(value)))
+
+
 def _shown(text: str) -> dict[str, Any]:
     """How the README shows a default that is computed (or spelled differently) at run time."""
     return {"default_shown": text}
 
 
-class Settings(BaseSettings):
-    """Runtime configuration. Unset external URLs mean "use the embedded local stack"."""
+class _Part(BaseSettings):
+    """What every part shares: ``FINPULSE_<FIELD>`` from the environment, secrets never echoed in errors."""
 
     model_config = SettingsConfigDict(env_prefix="FINPULSE_", extra="ignore", validate_default=True,
                                       hide_input_in_errors=True)
+
+
+class StackSettings(_Part):
+    """Where finpulse keeps its state and how it logs: read by every component."""
 
     home: Path = Field(Path("./var"), description="State dir: embedded Kafka/Postgres data, logs, pid files.",
                        json_schema_extra=_shown("./var"))
     cache_dir: Path | None = Field(None, description="Maven repository and resolved jars.",
                                    json_schema_extra=_shown("$FINPULSE_HOME/cache"))
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @field_validator("home", "cache_dir")
+    @classmethod
+    def _absolute_state_paths(cls, value: Path | None) -> Path | None:
+        return _absolute_path(value)
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+
+class PostgresSettings(_Part):
+    """The database (finpulse.db; pipeline, alerts and the analysts read and write it)."""
 
     database_url: SecretStr | None = Field(
         None, description="URL of an external Postgres, `postgresql://user:password@host:5432/db` (the form "
@@ -56,6 +79,21 @@ class Settings(BaseSettings):
                           "`?sslmode=verify-full` passed on to psycopg2; unset = embedded cluster under HOME (secret)."
     )
     postgres_port: int = Field(54329, description="Port of the embedded Postgres.")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _psycopg2_url(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if value is None else SecretStr(normalize_database_url(str(value)))
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+
+class KafkaSettings(_Part):
+    """The broker, its security and the topics (finpulse.kafka; ingest publishes, the pipeline reads)."""
 
     kafka_bootstrap: str | None = Field(
         None, description="Comma-separated bootstrap servers of an external Kafka; unset = embedded broker."
@@ -86,19 +124,53 @@ class Settings(BaseSettings):
         None, description="Port of a `SASL_PLAINTEXT` listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) on the embedded "
                           "broker, for the user `FINPULSE_KAFKA_SASL_USERNAME`; with "
                           "`FINPULSE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT` every client uses it; unset = none.")
-
     topic_documents: str = Field("finpulse.documents", description="Topic the crawlers publish documents to.")
     topic_dead_letters: str = Field("finpulse.dead-letters", description="Topic for rejected messages.")
     topic_partitions: int = Field(3, ge=1, description="Partitions for topics finpulse creates.")
     topic_replication: int = Field(1, ge=1, description="Replication factor for topics finpulse creates.")
 
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _absolute_tls_files(cls, value: Path | None) -> Path | None:
+        return _absolute_path(value)
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> KafkaSettings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        if self.kafka_bootstrap:
+            return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+        if self.kafka_security_protocol == "SASL_PLAINTEXT" and self.kafka_sasl_port:
+            return [f"127.0.0.1:{self.kafka_sasl_port}"]
+        return [f"127.0.0.1:{self.kafka_port}"]
+
+
+class ModelSettings(_Part):
+    """Which model scores and how it computes (models/; the pipeline and the model server load it)."""
+
     model_dir: Path | None = Field(None, description="Model to score with; unset = the shipped model.")
     model_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto", description="How the model computes: auto = bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), "
         "int8 linear layers on other CPUs; fp32, bf16 or int8 (CPU only) to choose.")
-    log_level: str = Field("INFO", description="Python log level.")
 
-    # --- pipeline (pipeline/, the Spark streaming job) ---
+
+class PipelineSettings(_Part):
+    """The streaming job (pipeline/)."""
+
     spark_master: str = Field("local[*]", description="Spark master of `finpulse pipeline run` (ignored under `spark-submit`).")
     spark_ui: bool = Field(False, description="Start the Spark web UI for the pipeline job.")
     pipeline_query_name: str = Field("finpulse-documents", description="Streaming query name: names its checkpoint and its `pipeline_batches` rows.")
@@ -110,14 +182,25 @@ class Settings(BaseSettings):
         "2 cores); empty = no limit.")
     pipeline_shuffle_partitions: int = Field(2, ge=1, description="`spark.sql.shuffle.partitions` of the job (Spark's 200 costs seconds a batch).")
     pipeline_scorer_url: str | None = Field(None, description="Model server URL (`finpulse model serve`); unset = score in-process.")
-    # pipeline core (pipeline/process.py, entities.py, sink.py, windows.py)
     pipeline_windows: str = Field("1m,1h,1d", description="Trend window widths, comma-separated (`s`, `m`, `h`, `d`).")
     pipeline_lateness: str = Field("1d", description="How far behind the newest event time a document may arrive and still fold into its windows in streaming; older ones are stored, scored and counted late until `pipeline backfill`.")
     pipeline_max_chunks: int = Field(4, ge=1, description="Most chunks of a long document the model reads (title and lead first).")
     pipeline_max_message_bytes: int = Field(1_048_576, ge=1, description="Bigger Kafka records are dead-lettered (reason `oversize`), never parsed or scored.")
     pipeline_aliases_files: str | None = Field(None, description="Extra company-alias CSVs (comma-separated paths) on top of `pipeline/data/aliases.csv`.")
+    pipeline_metrics_port: int = Field(
+        9110, ge=0, le=65535, description="Port of the streaming job's Prometheus /metrics (`pipeline run`); 0 = off."
+    )
+    pipeline_metrics_host: str = Field("127.0.0.1", description="Address the streaming job's /metrics listens on.")
 
-    # --- alerts (alerts/, the alert service) ---
+    @field_validator("pipeline_max_offsets_per_trigger", mode="before")
+    @classmethod
+    def _empty_is_no_limit(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+class AlertSettings(_Part):
+    """The alert service (alerts/): evaluation, delivery, its metrics."""
+
     alerts_rules: Path | None = Field(None, description="Alert rules YAML; unset = the shipped `alerts/rules.yaml`.")
     alerts_interval_seconds: float = Field(60.0, gt=0, description="Seconds between two alert evaluations.")
     alerts_settle_seconds: float = Field(
@@ -159,10 +242,6 @@ class Settings(BaseSettings):
         False, description="Let the `webhook` receiver send unsigned while FINPULSE_ALERTS_WEBHOOK_SECRET is unset "
                            "(otherwise the service refuses to start)."
     )
-    pipeline_metrics_port: int = Field(
-        9110, ge=0, le=65535, description="Port of the streaming job's Prometheus /metrics (`pipeline run`); 0 = off."
-    )
-    pipeline_metrics_host: str = Field("127.0.0.1", description="Address the streaming job's /metrics listens on.")
     alerts_metrics_port: int = Field(
         9109, ge=0, le=65535, description="Port of the alert service's Prometheus /metrics; 0 = off."
     )
@@ -171,7 +250,10 @@ class Settings(BaseSettings):
         None, description="Base URL put in each alert's `generatorURL`; unset = empty."
     )
 
-    # --- analysts: the read-only role, retention, the dashboard and the demo receivers ---
+
+class AnalystSettings(_Part):
+    """The analysts' side: their read-only role, retention, the dashboard, the demo receivers."""
+
     analyst_database_url: SecretStr | None = Field(
         None, description="SQLAlchemy URL of the finpulse_analyst role on an external Postgres (the dashboard and "
                           "report read through it); unset = the embedded cluster's generated analyst password."
@@ -198,55 +280,17 @@ class Settings(BaseSettings):
         retention_age(value)  # refuses a bad value at start, naming it
         return value
 
-    @field_validator("home", "cache_dir", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        # Absolute, because the stack hands these paths to child processes with other cwds.
-        return None if value is None else Path(os.path.abspath(os.path.expanduser(value)))
-
-    @field_validator("pipeline_max_offsets_per_trigger", mode="before")
-    @classmethod
-    def _empty_is_no_limit(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("database_url", mode="before")
-    @classmethod
-    def _psycopg2_url(cls, value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        return None if value is None else SecretStr(normalize_database_url(str(value)))
-
-    @model_validator(mode="after")
-    def _kafka_security_is_complete(self) -> Settings:
-        problems = kafka_security_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     @property
-    def cache(self) -> Path:
-        return self.cache_dir or self.home / "cache"
+    def dashboard_url(self) -> str:
+        host = "127.0.0.1" if self.dashboard_host in ("0.0.0.0", "::", "") else self.dashboard_host
+        return f"http://{host}:{self.dashboard_port}/"
 
-    @property
-    def embedded_kafka(self) -> bool:
-        return not self.kafka_bootstrap
 
-    @property
-    def embedded_postgres(self) -> bool:
-        return self.database_url is None
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        if self.kafka_bootstrap:
-            return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
-        if self.kafka_security_protocol == "SASL_PLAINTEXT" and self.kafka_sasl_port:
-            return [f"127.0.0.1:{self.kafka_sasl_port}"]
-        return [f"127.0.0.1:{self.kafka_port}"]
+class Settings(AnalystSettings, AlertSettings, PipelineSettings, ModelSettings, KafkaSettings, PostgresSettings,
+               StackSettings):
+    """Runtime configuration: every component's part in one model (fields in the order of the parts, stack first).
+    Unset external URLs mean "use the embedded local stack". A component reads its own part's fields; what
+    needs several parts (paths under ``home``, the database URL with the embedded password) lives here."""
 
     @property
     def postgres_password_file(self) -> Path:
@@ -270,11 +314,6 @@ class Settings(BaseSettings):
     @property
     def receivers_dir(self) -> Path:
         return self.home / "receivers"
-
-    @property
-    def dashboard_url(self) -> str:
-        host = "127.0.0.1" if self.dashboard_host in ("0.0.0.0", "::", "") else self.dashboard_host
-        return f"http://{host}:{self.dashboard_port}/"
 
     def sqlalchemy_url(self) -> SecretStr:
         """The database URL, with the embedded cluster's generated password filled in."""
@@ -305,7 +344,7 @@ def normalize_database_url(url: str) -> str:
     return f"{_DRIVER}://{rest}"
 
 
-def kafka_security_problems(s: Settings) -> list[str]:
+def kafka_security_problems(s: KafkaSettings) -> list[str]:
     """What is missing or contradictory in the Kafka security settings (empty when they are usable)."""
     problems = []
     protocol = s.kafka_security_protocol
