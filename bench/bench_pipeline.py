@@ -11,8 +11,8 @@ the producer's tickers, as ``finpulse ingest demo`` publishes them), the first `
 (b) ``pipeline``: the job (``python -m pipeline run``, Spark local[2], in-process Scorer at the precision
     ``auto`` picks) from Kafka to Postgres; docs/s = documents / (last batch finished - first batch
     started), from ``pipeline_batches``, so Spark's and the model's start-up are not counted; encoder
-    passes per document from ``document_scores.n_chunks`` (one pass per chunk; the entity head reads
-    from those passes).
+    passes per document from ``document_scores.n_chunks`` (one pass per chunk; a span entity head reads
+    from those passes), plus one per scored link for a model whose entity head reads pairs.
 (c) ``naive``: what people write first: Spark reads the same Kafka topic, a per-row Python UDF calls a
     transformers ``pipeline("text-classification")`` one text at a time (the same encoder, fp32), and
     Spark's JDBC writer appends the rows to Postgres; document sentiment only, no entities.
@@ -324,15 +324,19 @@ def bench_pipeline(settings, rows: list[tuple[str, list[str]]], workdir: Path, t
         links = conn.execute(sa.text(
             "SELECT count(*) AS links, count(sentiment) AS scored FROM document_entities "
             "WHERE document_id LIKE 'e2e-%'")).mappings().one()
-        # one encoder pass per chunk read; the span entity head reads from those passes
+        # one encoder pass per chunk read; a span entity head reads from those passes
         chunks = conn.execute(sa.text(
             "SELECT sum(n_chunks) FROM document_scores WHERE document_id LIKE 'e2e-%'")).scalar_one()
     engine.dispose()
+    from models.scorer import get_scorer
+
+    # A model whose entity head reads pairs runs one more pass per link it scored.
+    pair_passes = 0 if get_scorer(None, "cpu").network.reads_spans else int(links["scored"] or 0)
     seconds = (row["b"] - row["a"]).total_seconds()
     n = count_documents(settings, "e2e-")
     return {"docs": n, "seconds": round(seconds, 3), "docs_per_s": round(n / seconds, 1), "batches": row["batches"],
             "entity_links": links["links"], "entity_links_scored": links["scored"],
-            "passes_per_doc": round(int(chunks or 0) / max(n, 1), 3),
+            "passes_per_doc": round((int(chunks or 0) + pair_passes) / max(n, 1), 3),
             "python_worker_rss_mb_max": round(job.max_rss, 1), "topic": topic}
 
 
