@@ -33,3 +33,13 @@ def tiny_model(tmp_path_factory):
                          evals_per_epoch=1, patience=10, progress=False, seed=3)
     result = train(config, sentiment=sentiment, topic=topic)
     return result, sentiment, topic
+
+
+@pytest.fixture(scope="session")
+def entity_model_without_comments(tmp_path_factory):
+    """Issue 10's tiny model with an entity head and no comments, trained once for the session: the model
+    server's entity tests serve it, and the comments test compares the model trained with comments to it
+    (same seed and data otherwise)."""
+    from tests.models.training.test_train_heads import issue10_data, train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("entity-model"), issue10_data(), with_comments=False, with_entity=True)

@@ -229,12 +229,9 @@ def test_sigterm_to_the_server_stops_its_workers_too(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def entity_server(tmp_path_factory):
+def entity_server(tmp_path_factory, entity_model_without_comments):
     """A server of a tiny model with an entity head."""
-    from tests.models.training.test_train_heads import issue10_data, train_tiny
-
-    model = train_tiny(tmp_path_factory.mktemp("entity-model"), issue10_data(), with_comments=False,
-                       with_entity=True).out
+    model = entity_model_without_comments.out
     process, url = _start_server(tmp_path_factory, "--model", str(model), "--max-batch-size", "4",
                                  "--batch-timeout", "0.5")
     try:

@@ -3,6 +3,7 @@ comments through the binary loss, and an entity head on (headline, entity) pairs
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from models.training.train import TrainConfig, train
 from tests.models.samples import tiny_splits
 
 
+@functools.cache
 def issue10_data():
     """Small samples of every training set issue 10 uses (sentiment, topic, entity pairs, comments) and the entity test rows."""
     sentiment, topic = tiny_splits(40, 4)
@@ -123,7 +125,7 @@ def test_predict_entity_column_needs_an_entity_head(tmp_path, tiny_model):
     assert result.exit_code != 0 and "no column 'nope'" in result.output
 
 
-def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, tmp_path):
+def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, entity_model_without_comments):
     """Same seed and data, without the comments: on the tagged texts, the signed margin
     logit_pos - logit_neg (positive when the model leans the tagged way) is larger with them."""
     comments = data[4]
@@ -135,8 +137,7 @@ def test_comments_pull_the_polar_margin_towards_their_tags(issue10_model, data, 
         p = distributions["sentiment"]
         return float(np.nanmean(sign * (np.log(p[:, 2]) - np.log(p[:, 0]))))
 
-    without = train_tiny(tmp_path / "no-comments", data, with_comments=False, with_entity=True)
-    assert signed_margin(issue10_model.out) > signed_margin(without.out)
+    assert signed_margin(issue10_model.out) > signed_margin(entity_model_without_comments.out)
 
 
 def test_calibration_covers_the_entity_head_on_validation_and_test_pairs(issue10_model):
