@@ -202,7 +202,8 @@ def tail(path: Path, n: int = 80) -> str:
     return "\n".join([ln for ln in lines if not ln.lstrip().startswith("at ")][-n:])
 
 
-def committed_batches(settings) -> int:
+def scalar(settings, sql: str):
+    """The one value of ``sql`` (an aggregate) in the database of ``settings``."""
     import sqlalchemy as sa
 
     from finpulse import db
@@ -210,9 +211,13 @@ def committed_batches(settings) -> int:
     engine = db.engine(settings)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM pipeline_batches WHERE status = 'committed'")).scalar_one()
+            return conn.execute(sa.text(sql)).scalar_one()
     finally:
         engine.dispose()
+
+
+def committed_batches(settings) -> int:
+    return scalar(settings, "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'")
 
 
 # Columns that legitimately differ between two runs over the same input: when a row was written,

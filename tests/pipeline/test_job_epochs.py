@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-import sqlalchemy as sa
 
 from tests.pipeline.conftest import (
     REPO,
@@ -19,23 +18,13 @@ from tests.pipeline.conftest import (
     new_topics,
     produce,
     run_job,
+    scalar,
     scratch_database,
     snapshot,
     snapshot_diff,
 )
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.stack]
-
-
-def _scalar(settings, sql: str):
-    from finpulse import db
-
-    engine = db.engine(settings)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text(sql)).scalar()
-    finally:
-        engine.dispose()
 
 
 def test_after_a_reset_new_records_land_once_and_the_tables_equal_one_run(stack, stream, reference, tmp_path):
@@ -48,8 +37,8 @@ def test_after_a_reset_new_records_land_once_and_the_tables_equal_one_run(stack,
         run_job(env, log, "--query-name", "epochs")
         checkpoint = tmp_path / "checkpoint" / "epochs"
         assert (checkpoint / "metadata").is_file()
-        first_id = _scalar(settings, "SELECT min(query_id) FROM pipeline_batches")
-        assert first_id and _scalar(settings, "SELECT count(DISTINCT query_id) FROM pipeline_batches") == 1
+        first_id = scalar(settings, "SELECT min(query_id) FROM pipeline_batches")
+        assert first_id and scalar(settings, "SELECT count(DISTINCT query_id) FROM pipeline_batches") == 1
 
         reset = subprocess.run([sys.executable, "-m", "finpulse", "pipeline", "reset", "--query-name", "epochs"],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -64,13 +53,13 @@ def test_after_a_reset_new_records_land_once_and_the_tables_equal_one_run(stack,
 
         # Every document once, scored once; windows, entities and dead letters as one uninterrupted run.
         n_docs = len(stream.documents)
-        assert _scalar(settings, "SELECT count(*) FROM documents") == n_docs
-        assert _scalar(settings, "SELECT count(*) FROM document_scores") == n_docs
-        assert _scalar(settings, "SELECT count(DISTINCT document_id) FROM document_scores") == n_docs
+        assert scalar(settings, "SELECT count(*) FROM documents") == n_docs
+        assert scalar(settings, "SELECT count(*) FROM document_scores") == n_docs
+        assert scalar(settings, "SELECT count(DISTINCT document_id) FROM document_scores") == n_docs
         got = snapshot(settings)
         assert not snapshot_diff(got, reference["snapshot"]), snapshot_diff(got, reference["snapshot"])
         # Two epochs in the ledger, both with a batch 0, and one line that says so.
         text = log.read_text()
         assert text.count("new checkpoint (query id") == 1, text[-3000:]
-        assert _scalar(settings, "SELECT count(DISTINCT query_id) FROM pipeline_batches") == 2
-        assert _scalar(settings, "SELECT count(*) FROM pipeline_batches WHERE batch_id = 0") == 2
+        assert scalar(settings, "SELECT count(DISTINCT query_id) FROM pipeline_batches") == 2
+        assert scalar(settings, "SELECT count(*) FROM pipeline_batches WHERE batch_id = 0") == 2

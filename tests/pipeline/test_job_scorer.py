@@ -18,6 +18,7 @@ from tests.pipeline.conftest import (
     kill_group,
     new_topics,
     produce,
+    scalar,
     scratch_database,
     snapshot,
     snapshot_diff,
@@ -51,19 +52,6 @@ def _start_server(port: int, log) -> subprocess.Popen:
     raise AssertionError(f"model server not healthy:\n{tail(log)}")
 
 
-def _count(settings, sql: str) -> int:
-    import sqlalchemy as sa
-
-    from finpulse import db
-
-    engine = db.engine(settings)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text(sql)).scalar_one()
-    finally:
-        engine.dispose()
-
-
 def test_server_down_then_up_scores_everything_once_like_in_process(stack, stream, reference, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -82,8 +70,8 @@ def test_server_down_then_up_scores_everything_once_like_in_process(stack, strea
                 assert time.monotonic() < deadline, f"no failed batch seen:\n{tail(log)}"
                 time.sleep(0.5)
             assert committed_batches(settings) == 0
-            assert _count(settings, "SELECT count(*) FROM document_scores") == 0  # no default scores
-            assert _count(settings, "SELECT count(*) FROM documents") == 0
+            assert scalar(settings, "SELECT count(*) FROM document_scores") == 0  # no default scores
+            assert scalar(settings, "SELECT count(*) FROM documents") == 0
 
             server = _start_server(port, tmp_path / "server.log")
             assert job.wait(timeout=420) == 0, tail(log)
@@ -94,5 +82,5 @@ def test_server_down_then_up_scores_everything_once_like_in_process(stack, strea
                 kill_group(server)
         got = snapshot(settings)
         assert not snapshot_diff(got, reference["snapshot"]), snapshot_diff(got, reference["snapshot"])
-        assert _count(settings, "SELECT count(DISTINCT scorer) FROM pipeline_batches") == 1
-        assert _count(settings, f"SELECT count(*) FROM pipeline_batches WHERE scorer <> '{url}'") == 0
+        assert scalar(settings, "SELECT count(DISTINCT scorer) FROM pipeline_batches") == 1
+        assert scalar(settings, f"SELECT count(*) FROM pipeline_batches WHERE scorer <> '{url}'") == 0
