@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system run stop status test test-fast bench clean
+.PHONY: install system run stop status test test-fast drills bench clean
 
 install: system $(STAMP)
 
@@ -37,6 +37,9 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -m "not stack and not spark and not slow"
+
+drills: install
+	$(BIN)/pytest -m drill -s
 
 bench: install
 	$(BIN)/finpulse stack up

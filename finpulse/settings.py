@@ -184,6 +184,7 @@ class PipelineSettings(_Part):
     pipeline_scorer_url: str | None = Field(None, description="Model server URL (`finpulse model serve`); unset = score in-process.")
     pipeline_windows: str = Field("1m,1h,1d", description="Trend window widths, comma-separated (`s`, `m`, `h`, `d`).")
     pipeline_lateness: str = Field("1d", description="How far behind the newest event time a document may arrive and still fold into its windows in streaming; older ones are stored, scored and counted late until `pipeline backfill`.")
+    pipeline_storage_outage: str = Field("5m", description="How long a micro-batch waits for an unreachable Postgres (retrying with backoff, its scored rows kept) before the query fails and restarts.")
     pipeline_max_chunks: int = Field(4, ge=1, description="Most chunks of a long document the model reads (title and lead first).")
     pipeline_max_message_bytes: int = Field(1_048_576, ge=1, description="Bigger Kafka records are dead-lettered (reason `oversize`), never parsed or scored.")
     pipeline_aliases_files: str | None = Field(None, description="Extra company-alias CSVs (comma-separated paths) on top of `pipeline/data/aliases.csv`.")

@@ -253,7 +253,7 @@ class PipelineJob:
 
         s = self.settings
         return PostgresSink(db.engine(s), query_name=self.options.query_name, widths=s.pipeline_windows,
-                            lateness=s.pipeline_lateness)
+                            lateness=s.pipeline_lateness, outage=s.pipeline_storage_outage)
 
     def _stream(self, spark):
         s, o = self.settings, self.options

@@ -30,7 +30,12 @@ caught) would otherwise fail its batch on every retry and stall the stream. So o
 the batch is probed document by document (each under a savepoint, all rolled back), the refused
 ones become dead letters (stage ``storage``, reason ``rejected``, the Postgres error as detail,
 the document as JSON as payload) and the batch is written again without them. Errors of the
-server or the connection are not the data's fault: they propagate and the batch is retried.
+server or the connection are not the data's fault. A connection that fails (Postgres down or
+restarting: ``psycopg2.OperationalError``/``InterfaceError``) is retried inside the batch, with
+exponential backoff, for up to ``outage`` (``FINPULSE_PIPELINE_STORAGE_OUTAGE``, default 5 min), so an
+outage of Postgres costs no re-read and no re-scoring: the batch's scored rows wait in the driver. Each
+attempt is one transaction, so a retry after a connection lost mid-commit rereads the ledger and skips
+a batch that did commit. Past ``outage`` the error propagates and the job restarts the query.
 
 Lateness, per partition: each batch records the highest event time of its documents per Kafka topic
 and partition (``pipeline_batches.partition_event_times``; ``max_event_time`` stays the batch's
@@ -67,8 +72,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg2
+import sqlalchemy as sa
 from psycopg2.extras import Json, execute_values
 from sqlalchemy.engine import Engine
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pipeline import windows
 from pipeline.rows import PROCESSED_COLUMNS, ROW_DEAD_LETTER, ROW_DOCUMENT, blank_row
@@ -358,6 +365,16 @@ def _bytes(value) -> bytes | None:
 
 # Errors that are the data's fault and come back on every retry (SQLSTATE classes 22 and 23).
 STORAGE_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
+# Errors of a connection that could not be made or was lost: Postgres down or restarting.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
+                     sa.exc.InterfaceError)
+DEFAULT_OUTAGE = "5m"
+OUTAGE_BACKOFF_MAX_S = 5.0  # the longest wait between two attempts: a Postgres back is used within seconds
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+    return text[:300]
 
 _DOCUMENT_FIELDS = ("schema_version", "id", "source", "kind", "url", "title", "text", "author", "published_at",
                     "fetched_at", "lang", "tickers", "parent_id", "extra")
@@ -409,8 +426,10 @@ class PostgresSink:
 
     def __init__(self, engine: Engine, *, query_name: str,
                  widths: Sequence[timedelta] | str = windows.DEFAULT_WIDTHS,
-                 lateness: timedelta | str | int | float = windows.DEFAULT_LATENESS):
+                 lateness: timedelta | str | int | float = windows.DEFAULT_LATENESS,
+                 outage: timedelta | str | int | float = DEFAULT_OUTAGE):
         self.engine = engine
+        self.outage = windows.parse_duration(outage)
         self.query_name = query_name
         self.widths = windows.parse_widths(widths) if isinstance(widths, str) else sorted(widths)
         if not self.widths:
@@ -451,12 +470,30 @@ class PostgresSink:
         frame = to_frame(rows)
         kwargs = {"scorer_name": scorer_name, "started_at": started_at, "query_id": query_id or ""}
         try:
-            return self._write_batch(batch_id, frame, **kwargs)
+            return self._through_outage(batch_id, lambda: self._write_batch(batch_id, frame, **kwargs))
         except STORAGE_ERRORS as exc:
             log.warning("batch %s of %s: Postgres refused a row (%s); probing its documents one by one",
                         batch_id, self.query_name, _pg_error(exc))
-        frame = self.quarantine(frame, batch_id)
-        return self._write_batch(batch_id, frame, **kwargs)
+        frame = self._through_outage(batch_id, lambda: self.quarantine(frame, batch_id))
+        return self._through_outage(batch_id, lambda: self._write_batch(batch_id, frame, **kwargs))
+
+    def _through_outage(self, batch_id: int, attempt):
+        """``attempt()``, retried while Postgres cannot be reached, for up to ``self.outage`` (module docstring)."""
+        t0 = time.monotonic()
+
+        def announce(state: RetryCallState) -> None:
+            log.warning("batch %s of %s: Postgres unreachable (%s); retrying in %.1fs (for up to %.0fs in all)",
+                        batch_id, self.query_name, _one_line(state.outcome.exception()), state.upcoming_sleep,
+                        self.outage.total_seconds())
+
+        retrying = Retrying(retry=retry_if_exception_type(CONNECTION_ERRORS), reraise=True,
+                            stop=stop_after_delay(self.outage.total_seconds()),
+                            wait=wait_exponential(multiplier=0.5, max=OUTAGE_BACKOFF_MAX_S), before_sleep=announce)
+        result = retrying(attempt)
+        if retrying.statistics.get("attempt_number", 1) > 1:
+            log.warning("batch %s of %s: Postgres is back after %.1fs", batch_id, self.query_name,
+                        time.monotonic() - t0)
+        return result
 
     def _check_ledger(self, cur, batch_id: int, query_id: str, offsets: dict, report: BatchReport) -> bool:
         """True when this batch is already committed (skip it). Logs a new epoch or an offsets mismatch."""

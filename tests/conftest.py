@@ -25,7 +25,7 @@ TEST_POSTGRES_PORT = int(os.environ.get("FINPULSE_TEST_POSTGRES_PORT", "54339"))
 
 # Set before any finpulse import reads the environment; a session-wide, test-only stack.
 TEST_ENV = {
-    "FINPULSE_HOME": str(REPO / "var" / "test-stack"),
+    "FINPULSE_HOME": os.environ.get("FINPULSE_TEST_HOME", str(REPO / "var" / "test-stack")),
     "FINPULSE_CACHE_DIR": str(REPO / "var" / "cache"),
     "FINPULSE_KAFKA_PORT": str(TEST_KAFKA_PORT),
     "FINPULSE_KAFKA_CONTROLLER_PORT": str(TEST_KAFKA_PORT + 1),
@@ -99,3 +99,24 @@ def fresh_db(stack):
     """
     with scratch_database(stack) as settings:
         yield settings
+
+
+
+DRILLS_DIR = REPO / "var" / "drills"
+
+
+def record_drill(name: str, figures: dict) -> dict:
+    """Write a drill's figures to ``var/drills/<name>.json`` (what README "Drills" quotes) and print them."""
+    import importlib.util
+    import json
+    from datetime import datetime, timezone
+
+    spec = importlib.util.spec_from_file_location("bench_machine", REPO / "bench" / "machine.py")
+    machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine)
+    out = {"drill": name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "cpu": machine.cpu_model(), **figures}
+    DRILLS_DIR.mkdir(parents=True, exist_ok=True)
+    (DRILLS_DIR / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(f"drill {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+    return out

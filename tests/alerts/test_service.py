@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from finpulse import db
 from tests.alerts.conftest import hour_floor, service_env, surge_series, wait_for, write_rules, write_windows
-from tests.conftest import free_port
+from tests.conftest import free_port, record_drill
 
 
 def _start(settings, rules, log_path, **env):
@@ -115,6 +115,7 @@ def test_two_instances_exactly_one_sends_and_the_standby_takes_over(engine, aler
         _stop(b)
 
 
+@pytest.mark.drill
 def test_kill_9_mid_delivery_then_restart_neither_duplicates_nor_loses(engine, alert_settings, tmp_path, hook):
     _seed(engine)
     hook.delay = 2.0  # the leader is killed while the receiver is still answering
@@ -141,6 +142,10 @@ def test_kill_9_mid_delivery_then_restart_neither_duplicates_nor_loses(engine, a
         ids = {r[0] for r in conn.execute(sa.text("SELECT id FROM alert_outbox"))}
         assert _scalar(engine, "SELECT count(*) FROM alert_notifications") == 2
     assert set(unique) == ids
+    record_drill("alerts-kill9-during-delivery", {
+        "messages": len(ids), "delivered_distinct_ids": len(unique),
+        "requests_received": len(hook.requests), "repeats_of_one_id": len(hook.requests) - len(unique),
+        "lost": len(ids - set(unique))})
 
 
 def test_invalid_rules_refuse_to_start_naming_file_line_and_field(alert_settings, tmp_path):

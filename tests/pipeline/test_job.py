@@ -1,38 +1,21 @@
 """The streaming job end to end: real Kafka, Spark local[2], Postgres, the shipped model.
 
 One uninterrupted reference run over a known stream (good documents, a re-sent one, malformed
-records, ingest dead letters) is shared by the assertions below; the exactly-once test replays
-the same stream into new topics, kills the job with SIGKILL twice, and compares whole tables.
+records, ingest dead letters) is shared by the assertions below and by the drills
+(``test_drills.py``), which replay the same stream through failures and compare whole tables with it.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import free_port
-from tests.pipeline.conftest import (
-    committed_batches,
-    expected_windows,
-    job_env,
-    kill_group,
-    new_topics,
-    produce,
-    run_job,
-    scratch_database,
-    snapshot,
-    snapshot_diff,
-    start_job,
-    tail,
-)
+from tests.pipeline.conftest import expected_windows
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.stack]
-
-BATCH = 12  # records per micro-batch in the crash test: several batches, so kills land mid-stream
 
 
 def _rows(settings, sql: str, **params):
@@ -122,64 +105,3 @@ def test_bad_records_land_in_dead_letters_and_the_job_keeps_going(reference, str
     # One log line per batch with the figures the operator reads.
     log = reference["log"].read_text()
     assert "dead letters" in log and "lag" in log and "scored (" in log
-
-
-def test_exactly_once_after_two_kill9(stack, stream, reference, tmp_path):
-    with scratch_database(stack) as settings:
-        topics = new_topics(stack)
-        produce(stack, topics, stream.messages)
-        # Small batches, so the kills land mid-stream with work left on both sides.
-        env = job_env(settings, topics, tmp_path, FINPULSE_PIPELINE_MAX_OFFSETS_PER_TRIGGER=str(BATCH))
-        log = tmp_path / "job.log"
-        kills = 0
-        for attempt in range(2):
-            before = committed_batches(settings)
-            port = free_port()
-            proc = start_job({**env, "FINPULSE_PIPELINE_METRICS_PORT": str(port)}, log, "--query-name", "crashy")
-            try:
-                deadline = time.monotonic() + 300
-                while committed_batches(settings) <= before:
-                    assert proc.poll() is None, f"job died on its own:\n{tail(log)}"
-                    assert time.monotonic() < deadline, f"no batch committed:\n{tail(log)}"
-                    time.sleep(0.2)
-                if attempt == 0:
-                    _assert_metrics_count_the_committed_batches(port, settings)
-            finally:
-                kill_group(proc)  # SIGKILL to the driver and its JVM: no clean-up at all
-            kills += 1
-        assert kills == 2
-        assert committed_batches(settings) * BATCH < len(stream.messages), "the kills came after the stream was done"
-        run_job(env, log, "--query-name", "crashy")
-        got = snapshot(settings)
-        assert not snapshot_diff(got, reference["snapshot"]), snapshot_diff(got, reference["snapshot"])
-
-
-def _assert_metrics_count_the_committed_batches(port: int, settings) -> None:
-    """The running job's /metrics (pipeline.metrics) against pipeline_batches: its first k committed batches'
-    scored and dead-letter counts, k being the batches the metrics counted."""
-    import httpx
-    import sqlalchemy as sa
-
-    from finpulse import db
-
-    def sample(text: str, name: str) -> float:
-        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
-
-    deadline = time.monotonic() + 30
-    while True:  # the driver updates its metrics just after Spark reports the batch's progress
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        counted = int(sample(text, 'finpulse_pipeline_batches_total{result="committed"}'))
-        if counted or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert counted >= 1, text
-    engine = db.engine(settings)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT n_scored, n_dead FROM pipeline_batches WHERE status = 'committed' "
-                                        "ORDER BY batch_id LIMIT :k"), {"k": counted}).all()
-    finally:
-        engine.dispose()
-    assert sample(text, 'finpulse_pipeline_records_total{outcome="scored"}') == sum(r.n_scored for r in rows) > 0
-    assert sample(text, 'finpulse_pipeline_records_total{outcome="dead_letter"}') == sum(r.n_dead for r in rows)
-    assert sample(text, "finpulse_pipeline_batch_duration_seconds_count") == counted

@@ -497,3 +497,56 @@ def test_a_new_epoch_is_announced_once_even_when_its_batch_is_written_twice(engi
                                   scorer_name="test", started_at=datetime.now(timezone.utc), query_id="new")
     assert report.new_epoch and not report.skipped and report.n_dead == 1
     assert len([r for r in caplog.records if "new checkpoint" in r.getMessage()]) == 1
+
+
+class _FlakyEngine:
+    """The engine, but its first ``refusals`` connections fail as with Postgres down; with ``lose_commit``, the
+    first commit succeeds on the server and then fails as a connection lost before the answer came back."""
+
+    def __init__(self, engine, *, refusals: int = 0, lose_commit: bool = False):
+        self.engine, self.refusals, self.lose_commit, self.attempts = engine, refusals, lose_commit, 0
+
+    def raw_connection(self):
+        self.attempts += 1
+        if self.refusals:
+            self.refusals -= 1
+            raise psycopg2.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+        raw = self.engine.raw_connection()
+        if self.lose_commit:
+            self.lose_commit = False
+            real_commit = raw.commit
+
+            def commit():
+                real_commit()
+                raise psycopg2.OperationalError("server closed the connection unexpectedly")
+            raw.commit = commit
+        return raw
+
+
+def test_postgres_unreachable_for_a_while_the_batch_waits_and_lands_once(engine, caplog):
+    flaky = _FlakyEngine(engine, refusals=3)
+    sink = PostgresSink(flaky, query_name="outage", widths="1m", lateness="1d", outage="30s")
+    report = write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2)])
+    assert flaky.attempts == 4 and not report.skipped
+    assert count(engine, "SELECT count(*) FROM documents") == 2
+    assert count(engine, "SELECT count(*) FROM pipeline_batches WHERE status = 'committed'") == 1
+    assert sum("Postgres unreachable" in r.getMessage() for r in caplog.records) == 3
+    assert any("Postgres is back" in r.getMessage() for r in caplog.records)
+
+
+def test_past_the_outage_the_connection_error_propagates(engine):
+    sink = PostgresSink(_FlakyEngine(engine, refusals=10**6), query_name="outage", widths="1m", lateness="1d",
+                        outage="1s")
+    with pytest.raises(psycopg2.OperationalError, match="Connection refused"):
+        write(sink, 0, [doc_row("a", T0, offset=1)])
+    assert count(engine, "SELECT count(*) FROM documents") == 0
+
+
+def test_a_commit_whose_answer_was_lost_is_not_written_twice(engine):
+    """The retry after a lost commit finds the batch in the ledger and skips it: the windows count each once."""
+    flaky = _FlakyEngine(engine, lose_commit=True)
+    sink = PostgresSink(flaky, query_name="outage", widths="1m", lateness="1d", outage="30s")
+    report = write(sink, 0, [doc_row("a", T0, offset=1), doc_row("b", T0, offset=2)])
+    assert flaky.attempts == 2 and report.skipped
+    assert count(engine, "SELECT n_docs FROM sentiment_windows WHERE dimension = 'all'") == 2
+    assert count(engine, "SELECT count(*) FROM pipeline_batches") == 1
