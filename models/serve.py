@@ -28,6 +28,8 @@ import time
 import litserve as ls
 from pydantic import BaseModel, Field, model_validator
 
+from finpulse.memory import trim_heap
+
 log = logging.getLogger(__name__)
 
 SCORE_PATH = "/score"
@@ -161,6 +163,7 @@ class ScorerAPI(ls.LitAPI):
             raise
         self.log("batch", {"requests": len(requests), "texts": texts, "ok": ok, "chunks": chunks,
                            "seconds": time.perf_counter() - start})
+        trim_heap()  # a server lives for days: its RSS must not creep up batch by batch (finpulse.memory)
         return results
 
     def unbatch(self, output: list[dict]) -> list[dict]:

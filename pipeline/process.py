@@ -459,9 +459,12 @@ def make_processor(config: ProcessorConfig) -> Callable[[Iterator[pd.DataFrame]]
     """The function for ``df.mapInPandas(fn, rows.PROCESSED_DDL)``; pickles only ``config``."""
 
     def process(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from finpulse.memory import trim_heap
+
         scorer = worker_scorer(config)
         linker = worker_linker(config)
         for records in batches:
             yield process_records(records, scorer=scorer, linker=linker, config=config)
+            trim_heap()  # a worker lives for days: its RSS must not creep up batch by batch (finpulse.memory)
 
     return process
