@@ -52,7 +52,8 @@ def cli() -> None:
 @RULES_OPTION
 def run(rules_path: Path | None) -> None:
     """Run the alert service in the foreground (leader election, evaluation, delivery, /metrics)."""
-    from alerts.service import AlertService, MetricsPortError
+    from alerts.service import AlertService
+    from finpulse.metrics import MetricsPortError
 
     try:
         AlertService(_config(rules_path, sending=True), get_settings()).run()

@@ -19,7 +19,7 @@ or a test -- can build many services without "duplicated timeseries" errors.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -53,7 +53,3 @@ class Metrics:
 
     def clear_pending(self) -> None:
         self.outbox_pending.clear()
-
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        """Expose /metrics over HTTP on ``addr:port`` (a background thread); OSError if the port is taken."""
-        return start_http_server(port, addr=addr, registry=self.registry)

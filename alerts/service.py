@@ -32,6 +32,7 @@ from alerts.engine import Evaluator
 from alerts.leader import Leader
 from alerts.metrics import Metrics
 from finpulse import db
+from finpulse.metrics import serve_metrics
 from finpulse.settings import Settings
 
 log = logging.getLogger("alerts.service")
@@ -87,18 +88,14 @@ class AlertService:
             log.exception("outbox dispatch failed; retrying next run")
 
     def serve_metrics(self) -> None:
-        """Start /metrics (unless the port is 0); a taken port is an error naming the settings."""
+        """Start /metrics (unless the port is 0); a taken port is a MetricsPortError naming the setting."""
         s = self.settings
-        if not s.alerts_metrics_port:
+        self._metrics_server = serve_metrics(self.metrics.registry, host=s.alerts_metrics_host,
+                                             port=s.alerts_metrics_port, setting="FINPULSE_ALERTS_METRICS_PORT")
+        if self._metrics_server is None:
             log.info("metrics off (FINPULSE_ALERTS_METRICS_PORT=0)")
-            return
-        try:
-            self._metrics_server, _ = self.metrics.serve(s.alerts_metrics_port, s.alerts_metrics_host)
-        except OSError as exc:
-            raise MetricsPortError(
-                f"cannot serve metrics on {s.alerts_metrics_host}:{s.alerts_metrics_port} ({exc.strerror or exc}): "
-                "set FINPULSE_ALERTS_METRICS_PORT to a free port, or 0 for no metrics") from None
-        log.info("metrics on http://%s:%d/metrics", s.alerts_metrics_host, s.alerts_metrics_port)
+        else:
+            log.info("metrics on http://%s:%d/metrics", s.alerts_metrics_host, s.alerts_metrics_port)
 
     def run(self) -> None:
         s = self.settings
@@ -133,10 +130,6 @@ class AlertService:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
             log.info("alert service stopped")
-
-
-class MetricsPortError(RuntimeError):
-    """The metrics port cannot be bound; one line for the operator."""
 
 
 def _now():

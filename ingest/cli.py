@@ -41,6 +41,7 @@ def _install_signal_handlers(stop) -> None:
 def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | None, state_dir: Path | None,
           metrics_port: int | None, dead_letter_topic: str | None) -> None:
     """Poll the sources of --config on their intervals and publish new documents."""
+    from finpulse.metrics import MetricsPortError, serve_metrics
     from finpulse.settings import get_settings
     from ingest.config import load_config
     from ingest.crawler import Crawler
@@ -60,9 +61,11 @@ def crawl(config_path: Path, once: bool, topic: str | None, partitions: int | No
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     metrics = IngestMetrics()
-    if metrics_port:
-        metrics.serve(metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    try:
+        if serve_metrics(metrics.registry, host="127.0.0.1", port=metrics_port or 0, setting="--metrics-port"):
+            log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    except MetricsPortError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         crawler = Crawler.from_settings(config, settings=settings, topic=topic, state_dir=state_dir,
                                         metrics=metrics, partitions=partitions, dead_letter_topic=dead_letter_topic)

@@ -6,7 +6,7 @@ process -- or a test -- can create many crawlers without "duplicated timeseries"
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 
 EVENTS = ("fetched", "published", "duplicate", "near_duplicate", "failed", "dead_lettered", "dead_letter_failed")
 
@@ -45,7 +45,3 @@ class IngestMetrics:
                 ):
                     total += sample.value
         return total
-
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        """Expose /metrics over HTTP on ``addr:port`` (background thread)."""
-        return start_http_server(port, addr=addr, registry=self.registry)

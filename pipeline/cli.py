@@ -60,16 +60,16 @@ def run_command(trigger, max_offsets_per_trigger, scorer_url, master, query_name
 def _serve_metrics(job) -> None:
     """The job's /metrics (pipeline.metrics) unless FINPULSE_PIPELINE_METRICS_PORT is 0; a taken port is one line
     naming the setting."""
+    from finpulse.metrics import MetricsPortError, serve_metrics
+
     s = job.settings
-    if not s.pipeline_metrics_port:
-        return
     try:
-        job.metrics.serve(s.pipeline_metrics_port, s.pipeline_metrics_host)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve metrics on {s.pipeline_metrics_host}:{s.pipeline_metrics_port} ({exc.strerror or exc}): "
-            "set FINPULSE_PIPELINE_METRICS_PORT to a free port, or 0 for no metrics") from None
-    click.echo(f"pipeline metrics on http://{s.pipeline_metrics_host}:{s.pipeline_metrics_port}/metrics", err=True)
+        served = serve_metrics(job.metrics.registry, host=s.pipeline_metrics_host, port=s.pipeline_metrics_port,
+                               setting="FINPULSE_PIPELINE_METRICS_PORT")
+    except MetricsPortError as exc:
+        raise click.ClickException(str(exc)) from None
+    if served is not None:
+        click.echo(f"pipeline metrics on http://{s.pipeline_metrics_host}:{s.pipeline_metrics_port}/metrics", err=True)
 
 
 def _settings():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 _OUTCOMES = {"scored": "n_scored", "dead_letter": "n_dead", "duplicate": "n_duplicates", "late": "n_late"}
@@ -57,7 +57,3 @@ class PipelineMetrics:
         if lag is not None:
             self.lag.set(lag)
         self.last_batch.set(time.time())
-
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        """Expose /metrics over HTTP on ``addr:port`` (a background thread); OSError if the port is taken."""
-        return start_http_server(port, addr=addr, registry=self.registry)
