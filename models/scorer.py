@@ -70,9 +70,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """What ``auto`` means on ``device``: ``bf16`` on CUDA with native bf16 (Ampere and later), else ``fp16``
     (the encoder's LayerNorm and softmax stay fp32 under autocast); on a CPU with native bf16
-    (AVX512-BF16/AMX) ``bf16``, elsewhere ``int8``: dynamic int8 weights and activations in the encoder's
-    linear layers (``quantize_encoder``), because there fp32 is the alternative, and emulated bf16 is
-    slower than fp32. An explicit choice is kept (``int8`` only on CPU: it is a CPU kernel)."""
+    (AVX512-BF16/AMX) ``bf16``, elsewhere ``int8``: the encoder in ONNX Runtime with dynamic int8 weights and
+    activations in its linear layers (``models.onnx_int8``, exported once per host and model version), because
+    there fp32 is the alternative, and emulated bf16 is slower than fp32. An explicit choice is kept (``int8``
+    only on CPU: it is a CPU kernel)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8" and device.type != "cpu":
@@ -89,16 +90,21 @@ def autocast_dtype_for(device: torch.device, precision: str = "auto") -> torch.d
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(device, precision))
 
 
-# The FFN output projections stay fp32 under int8: their inputs (the GELU outputs) have the outlier
-# channels that per-tensor dynamic activation scales handle worst; quantizing them too lost 0.7 point of
-# sentiment macro-F1 on our test split, without them it lost none (bench/README.md, int8).
+# Torch int8 (``quantize_encoder``) keeps the FFN output projections fp32: their inputs (the GELU outputs) have
+# the outlier channels that per-tensor dynamic activation scales handle worst; quantizing them too lost 0.7 point
+# of sentiment macro-F1 on our test split, without them it lost none (bench/README.md, int8). ONNX Runtime's
+# int8, what precision ``int8`` runs, quantizes them too: its per-channel weight scales keep the loss within the
+# bound, and excluding them took it from 1.9x to 1.4x fp32's speed (bench/README.md, bench_onnx.py).
 INT8_KEEP_FP32 = re.compile(r"^encoder\.layer\.\d+\.output\.dense$")
 
 
 def quantize_encoder(network: MultiHeadEncoder) -> MultiHeadEncoder:
     """A copy of ``network`` whose encoder linear layers (but ``INT8_KEEP_FP32``) run dynamic int8 (torch's
     fbgemm/x86 kernels: int8 weights, activations quantized per batch); the heads stay fp32. A copy,
-    because the loaded fp32 network stays what the explainer differentiates through."""
+    because the loaded fp32 network stays what the explainer differentiates through.
+
+    Precision ``int8`` ran this until ONNX Runtime's int8 (``models.onnx_int8``) measured faster; it stays as the
+    yardstick ``bench/bench_onnx.py`` measures that against."""
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
     quantized = copy.deepcopy(network)
@@ -452,7 +458,11 @@ class Scorer:
         self.autocast_dtype = autocast_dtype_for(self.device, self.precision)
         self.first_chunk_weight = first_chunk_weight
         network = model.network.to(self.device).eval()
-        self.network = quantize_encoder(network) if self.precision == "int8" else network
+        if self.precision == "int8":
+            from models.onnx_int8 import int8_network
+
+            network = int8_network(network, model.version)  # a copy: the fp32 network stays what explain reads
+        self.network = network
         self.labels = model.config["labels"]
         self.languages = model_languages(model.config)  # what it reads; other languages are not scored
         self.temperature = model.config.get("temperature", {})

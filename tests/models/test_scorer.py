@@ -85,15 +85,19 @@ def test_bf16_agrees_with_fp32(shipped_scorer):
     assert topic_agree >= 0.99
 
 
-def test_int8_agrees_with_fp32_and_keeps_the_ffn_outputs_fp32(shipped_scorer):
-    """int8 (what auto picks on a CPU without native bf16) changes few labels; the loaded fp32 network is
-    left as it was (the explainer differentiates through it)."""
+def test_torch_int8_agrees_with_fp32_and_keeps_the_ffn_outputs_fp32(shipped_scorer):
+    """Torch's dynamic int8 (``quantize_encoder``: bench_onnx's yardstick; precision int8 runs ONNX Runtime's, see
+    test_scorer_onnx.py) changes few labels; the loaded fp32 network is left as it was (the explainer
+    differentiates through it)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from models.scorer import quantize_encoder
 
     texts = pd.read_csv(DATA_DIR / "twitter_financial_news_sentiment_train.csv.gz")["text"].sample(
         n=300, random_state=7).tolist()
-    int8 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, precision="int8")
-    assert int8.precision == "int8" and int8.network is not shipped_scorer.model.network
+    int8 = Scorer(model=shipped_scorer.model, device=torch.device("cpu"), batch_size=64, precision="fp32")
+    int8.network = quantize_encoder(shipped_scorer.model.network)
+    assert int8.network is not shipped_scorer.model.network
     kinds = {name: type(m) for name, m in int8.network.encoder.named_modules()}
     assert kinds["encoder.layer.0.attention.self.query"] is DynamicLinear
     assert kinds["encoder.layer.0.intermediate.dense"] is DynamicLinear
