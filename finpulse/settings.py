@@ -56,7 +56,7 @@ class StackSettings(_Part):
 
     home: Path = Field(Path("./var"), description="State dir: embedded Kafka/Postgres data, logs, pid files.",
                        json_schema_extra=_shown("./var"))
-    cache_dir: Path | None = Field(None, description="Maven repository and resolved jars.",
+    cache_dir: Path | None = Field(None, description="Maven repository, resolved jars and the int8 (ONNX) encoders.",
                                    json_schema_extra=_shown("$FINPULSE_HOME/cache"))
     log_level: str = Field("INFO", description="Python log level.")
 
@@ -165,7 +165,7 @@ class ModelSettings(_Part):
     model_dir: Path | None = Field(None, description="Model to score with; unset = the shipped model.")
     model_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto", description="How the model computes: auto = bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), "
-        "int8 linear layers on other CPUs; fp32, bf16 or int8 (CPU only) to choose.")
+        "int8 on other CPUs (the encoder in ONNX Runtime dynamic int8, exported once into the cache folder); fp32, bf16 or int8 (CPU only) to choose.")
 
 
 class PipelineSettings(_Part):
