@@ -110,12 +110,8 @@ def produce(settings, topic: str, messages, *, rate: float | None = None, stamp_
     producer.close()
 
 
-def worker_rss_mb(job_pid: int) -> float:
-    """Largest RSS (MB) among the PySpark Python processes descended from the job.
-
-    Spark starts its Python daemon in a session of its own, so the workers are found by parent
-    pid (job -> JVM -> pyspark.daemon -> forked workers), not by process group.
-    """
+def process_children() -> dict[int, list[int]]:
+    """{pid: its child pids} of every process now running (from /proc)."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -127,6 +123,16 @@ def worker_rss_mb(job_pid: int) -> float:
                     break
         except OSError:
             continue
+    return children
+
+
+def worker_rss_mb(job_pid: int) -> float:
+    """Largest RSS (MB) among the PySpark Python processes descended from the job.
+
+    Spark starts its Python daemon in a session of its own, so the workers are found by parent
+    pid (job -> JVM -> pyspark.daemon -> forked workers), not by process group.
+    """
+    children = process_children()
     best, todo = 0.0, list(children.get(job_pid, []))
     while todo:
         pid = todo.pop()

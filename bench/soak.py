@@ -60,6 +60,7 @@ from bench.bench_pipeline import (  # noqa: E402
     demo_rows,
     documents,
     log,
+    process_children,
     produce,
     warm_up,
 )
@@ -86,21 +87,6 @@ RSS_AIM = ("kafka", "postgres", "driver", "spark_jvm", "pyspark_daemon", "python
 
 
 # --- processes ---------------------------------------------------------------------------------------
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("PPid:"):
-                    children.setdefault(int(line.split()[1]), []).append(int(proc.name))
-                    break
-        except OSError:
-            continue
-    return children
-
 
 def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
     out, todo = [], list(children.get(pid, []))
@@ -140,7 +126,7 @@ def alive(identity) -> bool | None:
 def process_groups(kafka_pid: int | None, postmaster_pid: int | None, soak_backends: list[int],
                    driver_pid: int | None, alerts_pid: int | None) -> dict[str, list[int]]:
     """The pids of each group, found again at every sample (Spark may replace a Python worker)."""
-    children = _children()
+    children = process_children()
     groups: dict[str, list[int]] = {key: [] for key, _ in GROUPS}
     if kafka_pid:
         groups["kafka"] = [kafka_pid]
