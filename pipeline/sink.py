@@ -372,17 +372,18 @@ DEFAULT_OUTAGE = "5m"
 OUTAGE_BACKOFF_MAX_S = 5.0  # the longest wait between two attempts: a Postgres back is used within seconds
 
 
-def _one_line(exc: BaseException | None) -> str:
-    text = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
-    return text[:300]
-
 _DOCUMENT_FIELDS = ("schema_version", "id", "source", "kind", "url", "title", "text", "author", "published_at",
                     "fetched_at", "lang", "tickers", "parent_id", "extra")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _pg_error(exc: Exception) -> str:
     code = getattr(exc, "pgcode", None)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = _first_line(exc)
     return f"{type(exc).__name__} {code}: {message}"[:2000] if code else f"{type(exc).__name__}: {message}"[:2000]
 
 
@@ -483,7 +484,7 @@ class PostgresSink:
 
         def announce(state: RetryCallState) -> None:
             log.warning("batch %s of %s: Postgres unreachable (%s); retrying in %.1fs (for up to %.0fs in all)",
-                        batch_id, self.query_name, _one_line(state.outcome.exception()), state.upcoming_sleep,
+                        batch_id, self.query_name, _first_line(state.outcome.exception())[:300], state.upcoming_sleep,
                         self.outage.total_seconds())
 
         retrying = Retrying(retry=retry_if_exception_type(CONNECTION_ERRORS), reraise=True,

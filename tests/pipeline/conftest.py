@@ -177,7 +177,11 @@ def start_job(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
 
 
 def run_job(env: dict[str, str], log: Path, *args: str, timeout: float = 420) -> None:
-    proc = start_job(env, log, "--until-idle", "6", *args)
+    finish_job(start_job(env, log, "--until-idle", "6", *args), log, timeout=timeout)
+
+
+def finish_job(proc: subprocess.Popen, log: Path, *, timeout: float = 420) -> None:
+    """Wait for a job started with ``--until-idle`` to go idle and exit 0 (killed and failed past ``timeout``)."""
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import free_port, record_drill
 from tests.pipeline.conftest import (
     committed_batches,
+    finish_job,
     job_env,
     kill_group,
     new_topics,
@@ -44,16 +45,6 @@ def _wait(condition, proc: subprocess.Popen, log, what: str, timeout: float = 30
         assert proc.poll() is None, f"job died on its own while waiting for {what}:\n{tail(log)}"
         assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s:\n{tail(log)}"
         time.sleep(0.2)
-
-
-def _finish(proc: subprocess.Popen, log, timeout: float = 420.0) -> None:
-    """Wait for a job started with ``--until-idle`` to go idle and exit 0."""
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise AssertionError(f"job did not go idle within {timeout:.0f}s:\n{tail(log)}") from None
-    assert rc == 0, f"job exited {rc}:\n{tail(log)}"
 
 
 def _figures(settings, stream, reference, log) -> dict:
@@ -105,7 +96,7 @@ def test_broker_restarted_mid_stream(stack, stream, reference, tmp_path):
             assert proc.poll() is None, f"the job died with the broker:\n{tail(log)}"
             produce(stack, topics, stream.messages[half:])
             t_back = time.monotonic()
-            _finish(proc, log)
+            finish_job(proc, log)
         finally:
             kill_group(proc)
         _check("broker-restart", _figures(settings, stream, reference, log),
@@ -134,7 +125,7 @@ def test_postgres_down_for_30s_mid_stream(stack, stream, reference, tmp_path):
             finally:
                 postgres.up()
             t_back = time.monotonic()
-            _finish(proc, log)
+            finish_job(proc, log)
         finally:
             kill_group(proc)
             postgres.up()  # the next tests need it whatever happened here
